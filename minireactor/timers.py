@@ -1,0 +1,124 @@
+"""Timers: a binary heap of deadlines with lazy cancellation.
+
+Theory of operation
+-------------------
+A reactor needs two things from its timers, quickly: "what is the earliest deadline?" (to bound
+how long ``select`` may sleep) and "which timers are due now?" (to run them). A binary heap
+(:mod:`heapq`) answers both in O(log n) per timer, which is why CPython's asyncio and curio keep
+one too.
+
+Cancelling a timer that sits in the middle of a heap would cost O(n) to find and remove it, so we
+do what asyncio does: :meth:`TimerHandle.cancel` only sets a flag, and a cancelled timer is thrown
+away when it reaches the top of the heap. Connections that cancel their idle timers on every
+request would otherwise leave the heap full of dead entries, so when more than half of the heap is
+dead we rebuild it in one O(n) pass; that keeps memory proportional to the live timers.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+_sequence = itertools.count()
+
+
+class Handle:
+    """A callback scheduled on the reactor; :meth:`cancel` stops it from running."""
+
+    __slots__ = ("callback", "args", "cancelled", "__weakref__")
+
+    def __init__(self, callback: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        self.callback = callback
+        self.args = args
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Prevent the callback from running; harmless if it already ran."""
+        self.cancelled = True
+
+    def run(self) -> None:
+        """Call the callback with its arguments (the reactor guards this call)."""
+        self.callback(*self.args)
+
+    def __repr__(self) -> str:
+        name = getattr(self.callback, "__qualname__", repr(self.callback))
+        state = " cancelled" if self.cancelled else ""
+        return f"<{type(self).__name__} {name}{state}>"
+
+
+class TimerHandle(Handle):
+    """A :class:`Handle` with a deadline on the reactor's monotonic clock."""
+
+    __slots__ = ("when", "_order", "_heap")
+
+    def __init__(
+        self,
+        when: float,
+        callback: Callable[..., Any],
+        args: tuple[Any, ...],
+        heap: TimerHeap | None = None,
+    ) -> None:
+        super().__init__(callback, args)
+        self.when = when
+        # Ties on the deadline run in scheduling order, so timers are deterministic.
+        self._order = next(_sequence)
+        self._heap = heap
+
+    def cancel(self) -> None:
+        """Cancel the timer; it is dropped lazily when it reaches the heap's top."""
+        if not self.cancelled:
+            self.cancelled = True
+            if self._heap is not None:
+                self._heap.note_cancelled()
+                self._heap = None
+
+    def __lt__(self, other: TimerHandle) -> bool:
+        return (self.when, self._order) < (other.when, other._order)
+
+
+class TimerHeap:
+    """The reactor's pending timers, earliest first."""
+
+    def __init__(self) -> None:
+        self._heap: list[TimerHandle] = []
+        self._cancelled = 0
+
+    def push(self, when: float, callback: Callable[..., Any], args: tuple[Any, ...]) -> TimerHandle:
+        """Schedule *callback* at the monotonic time *when* and return its handle."""
+        timer = TimerHandle(when, callback, args, self)
+        heapq.heappush(self._heap, timer)
+        return timer
+
+    def note_cancelled(self) -> None:
+        """Count a cancellation, and compact the heap once most of it is dead."""
+        self._cancelled += 1
+        if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
+            self._heap = [timer for timer in self._heap if not timer.cancelled]
+            heapq.heapify(self._heap)
+            self._cancelled = 0
+
+    def next_deadline(self) -> float | None:
+        """Return the earliest live deadline, or None when no timer is pending."""
+        heap = self._heap
+        while heap and heap[0].cancelled:
+            heapq.heappop(heap)
+            self._cancelled -= 1
+        return heap[0].when if heap else None
+
+    def pop_due(self, now: float) -> list[TimerHandle]:
+        """Remove and return, in deadline order, every live timer due at or before *now*."""
+        due: list[TimerHandle] = []
+        heap = self._heap
+        while heap and heap[0].when <= now:
+            timer = heapq.heappop(heap)
+            if timer.cancelled:
+                self._cancelled -= 1
+            else:
+                timer._heap = None
+                due.append(timer)
+        return due
+
+    def __len__(self) -> int:
+        return len(self._heap) - self._cancelled

@@ -1,0 +1,270 @@
+"""A buffered, non-blocking stream over one connected socket.
+
+Theory of operation
+-------------------
+A non-blocking ``send`` may take only part of what it is given, and a fast producer (an origin
+on loopback) can hand us data far quicker than a slow consumer (a phone on 3G) takes it. The
+transport hides the first problem and makes the second visible:
+
+* :meth:`Transport.write` never blocks. It tries ``send`` at once when nothing is queued (the
+  common case costs no extra tick), keeps the rest in a ``bytearray`` and asks the reactor for
+  writability until the buffer is empty. Deleting from the front of a ``bytearray`` is amortised
+  O(1) in CPython, which is why asyncio uses one too.
+* **Backpressure.** When the buffer grows past ``high_water`` the transport calls the protocol's
+  ``pause_writing``; when it drains below ``low_water`` it calls ``resume_writing``. A proxy
+  wires these *across* connections: the client's buffer filling pauses reading from the origin,
+  so memory stays bounded by the water marks, not by the size of the download. The gap between
+  the marks (hysteresis) stops the pair from flapping on every chunk.
+* **Half-close.** :meth:`write_eof` sends FIN after the buffer drains (``shutdown(SHUT_WR)``)
+  while reading goes on: a tunnel must pass one side's EOF to the other without dropping
+  the reply still coming back.
+* **Two ways to end.** :meth:`close` stops reading and closes once the buffer is flushed;
+  :meth:`abort` drops the buffer and closes now. Either way the protocol hears exactly one
+  ``connection_lost``, scheduled with ``call_soon`` so it never runs inside another callback.
+* **Faults stay local.** An exception raised by the protocol while handling this connection's
+  data is logged with its traceback and aborts *this* connection; the loop serves the others.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+from typing import Any
+
+from .loop import Reactor
+from .protocol import Protocol
+
+log = logging.getLogger("minireactor.transport")
+
+READ_SIZE = 256 * 1024
+_LINGER_RESET = struct.pack("ii", 1, 0)
+_TRY_AGAIN = (BlockingIOError, InterruptedError)
+_PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
+
+
+class Transport:
+    """Buffered non-blocking stream with water marks, half-close, close and abort."""
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        sock: socket.socket,
+        protocol: Protocol,
+        *,
+        high_water: int = 256 * 1024,
+        low_water: int | None = None,
+    ) -> None:
+        sock.setblocking(False)
+        self.reactor = reactor
+        self.sock = sock
+        self.protocol = protocol
+        self._fd = sock.fileno()
+        self._buffer = bytearray()
+        self.high_water = high_water
+        self.low_water = high_water // 4 if low_water is None else low_water
+        self._writing_paused = False
+        self._reading = False
+        self._closing = False
+        self._eof_pending = False
+        self._eof_sent = False
+        self._closed = False
+        self._extra: dict[str, Any] = {}
+        try:
+            self._extra["peername"] = sock.getpeername()
+        except OSError:
+            self._extra["peername"] = None
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        reactor.call_soon(self._start)
+
+    def _start(self) -> None:
+        if self._closed:
+            return
+        self._guard(self.protocol.connection_made, self)
+        if not self._closing and not self._closed:
+            self.resume_reading()
+
+    # -- information -------------------------------------------------------------------------
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``"peername"``, ``"sockname"`` or ``"socket"``, as in asyncio."""
+        if name == "socket":
+            return self.sock
+        return self._extra.get(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes accepted by :meth:`write` but not yet handed to the kernel."""
+        return len(self._buffer)
+
+    @property
+    def is_closing(self) -> bool:
+        """True once :meth:`close` or :meth:`abort` has been called."""
+        return self._closing or self._closed
+
+    @property
+    def is_reading(self) -> bool:
+        """Whether the transport is watching the socket for incoming bytes."""
+        return self._reading
+
+    def set_protocol(self, protocol: Protocol) -> None:
+        """Hand the connection to another protocol (an HTTP session becoming a tunnel)."""
+        self.protocol = protocol
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        """Stop reading; the kernel's receive buffer fills and TCP slows the peer down."""
+        if self._reading and not self._closed:
+            self._reading = False
+            self.reactor.remove_reader(self._fd)
+
+    def resume_reading(self) -> None:
+        """Start (or restart) reading."""
+        if not self._reading and not self._closed and not self._closing:
+            self._reading = True
+            self.reactor.add_reader(self._fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except _TRY_AGAIN:
+            return
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        if data:
+            self._guard(self.protocol.data_received, data)
+            return
+        self.pause_reading()
+        keep_open = self._guard(self.protocol.eof_received)
+        if keep_open is not True and not self._closed:
+            self.close()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue *data*; never blocks. Ignored after close or half-close."""
+        if self._closed or self._closing or self._eof_pending or self._eof_sent or not data:
+            return
+        if not self._buffer:
+            try:
+                sent = self.sock.send(data)
+            except _TRY_AGAIN:
+                sent = 0
+            except OSError as exc:
+                self._fatal(exc)
+                return
+            if sent == len(data):
+                return
+            data = memoryview(data)[sent:]
+            self.reactor.add_writer(self._fd, self._on_writable)
+        self._buffer += data
+        self._check_high_water()
+
+    def _on_writable(self) -> None:
+        try:
+            sent = self.sock.send(self._buffer)
+        except _TRY_AGAIN:
+            return
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        del self._buffer[:sent]
+        if self._buffer:
+            self._check_low_water()
+            return
+        self.reactor.remove_writer(self._fd)
+        self._check_low_water()
+        if self._eof_pending:
+            self._shutdown_write()
+        if self._closing:
+            self._finish_close(None)
+
+    def _check_high_water(self) -> None:
+        if not self._writing_paused and len(self._buffer) > self.high_water:
+            self._writing_paused = True
+            self._guard(self.protocol.pause_writing)
+
+    def _check_low_water(self) -> None:
+        if self._writing_paused and len(self._buffer) <= self.low_water:
+            self._writing_paused = False
+            self._guard(self.protocol.resume_writing)
+
+    def write_eof(self) -> None:
+        """Half-close: send FIN once the buffer is flushed; reading continues."""
+        if self._closed or self._closing or self._eof_pending or self._eof_sent:
+            return
+        if self._buffer:
+            self._eof_pending = True
+        else:
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        self._eof_pending = False
+        self._eof_sent = True
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                self._fatal(exc)
+
+    # -- ending ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop reading, flush what is buffered, then close."""
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self.pause_reading()
+        self._reading = False
+        if not self._buffer:
+            self._finish_close(None)
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Drop the buffer and close at once."""
+        if self._closed:
+            return
+        self._closing = True
+        self._finish_close(exc)
+
+    def _fatal(self, exc: BaseException) -> None:
+        if not isinstance(exc, _PEER_GONE):
+            log.debug("transport %s failed: %r", self._extra.get("peername"), exc)
+        self.abort(exc)
+
+    def _finish_close(self, exc: BaseException | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._buffer.clear()
+        self.reactor.remove_reader(self._fd)
+        self.reactor.remove_writer(self._fd)
+        if exc is not None:
+            # RST instead of FIN: the peer must not mistake a cut message for a complete one.
+            try:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        self.sock.close()
+        self.reactor.call_soon(self._guard, self.protocol.connection_lost, exc)
+
+    def _guard(self, method: Any, *args: Any) -> Any:
+        """Call a protocol method; if it raises, log it and abort this connection only."""
+        try:
+            return method(*args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            log.error(
+                "protocol %s raised in %s; closing its connection",
+                type(self.protocol).__name__,
+                getattr(method, "__name__", method),
+                exc_info=exc,
+            )
+            if method.__name__ != "connection_lost":
+                self.abort(exc)
+            return None

@@ -1,0 +1,86 @@
+"""Header fields as an ordered, case-insensitive multi-map.
+
+Theory of operation: HTTP keeps field order and allows a name to repeat (``Set-Cookie``,
+``Via``), and field names are case-insensitive (RFC 9110 section 5.1). A ``dict`` loses both
+properties, so a head is kept as a list of ``(name, value)`` pairs exactly as received; look-ups
+compare lower-cased names. Values are ``str`` decoded as latin-1, which maps every byte to one
+character, so ``to_bytes`` gives back the very bytes that were parsed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+
+class Headers:
+    """An ordered list of header fields with case-insensitive look-up by name."""
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
+        self._fields: list[tuple[str, str]] = list(fields)
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        """Return the value of the first field called *name*, or *default*."""
+        wanted = name.lower()
+        for field_name, value in self._fields:
+            if field_name.lower() == wanted:
+                return value
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        """Return every value of the fields called *name*, in order."""
+        wanted = name.lower()
+        return [value for field_name, value in self._fields if field_name.lower() == wanted]
+
+    def get_list(self, name: str) -> list[str]:
+        """Split every field called *name* on commas (RFC 9110 section 5.6.1), dropping blanks."""
+        items: list[str] = []
+        for value in self.get_all(name):
+            items.extend(part.strip() for part in value.split(",") if part.strip())
+        return items
+
+    def has_token(self, name: str, token: str) -> bool:
+        """Tell whether the comma-separated field *name* lists *token* (case-insensitive)."""
+        token = token.lower()
+        return any(item.lower() == token for item in self.get_list(name))
+
+    def add(self, name: str, value: str) -> None:
+        """Append a field, keeping any that share its name."""
+        self._fields.append((name, value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every field called *name* with one field holding *value*."""
+        self.remove(name)
+        self._fields.append((name, value))
+
+    def remove(self, name: str) -> None:
+        """Drop every field called *name*."""
+        wanted = name.lower()
+        self._fields = [field for field in self._fields if field[0].lower() != wanted]
+
+    def copy(self) -> Headers:
+        """Return an independent copy."""
+        return Headers(self._fields)
+
+    def to_bytes(self) -> bytes:
+        """Serialise as ``Name: value\\r\\n`` lines (without the blank line that ends a head)."""
+        return "".join(f"{name}: {value}\r\n" for name, value in self._fields).encode("latin-1")
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        wanted = name.lower()
+        return any(field_name.lower() == wanted for field_name, _ in self._fields)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Headers) and self._fields == other._fields
+
+    def __repr__(self) -> str:
+        return f"Headers({self._fields!r})"

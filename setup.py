@@ -1,0 +1,27 @@
+"""Packaging for minireactor + proxy."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="minireactor-proxy",
+    version="0.1.0",
+    description="A forward HTTP/HTTPS proxy on a hand-written reactor, built to be read.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["minireactor", "minireactor.*", "proxy", "proxy.*"]),
+    install_requires=["watchdog>=4"],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6",
+            "trustme>=1.1",
+            "ruff>=0.6",
+        ],
+        "docs": ["sphinx>=7", "myst-nb>=1.1"],
+        "notebooks": ["nbmake>=1.5", "ipykernel", "matplotlib>=3.8"],
+        "bench": ["matplotlib>=3.8"],
+    },
+    entry_points={"console_scripts": ["proxy=proxy.__main__:main"]},
+)
