@@ -1,0 +1,264 @@
+"""Hot reload of ``blacklist.txt``: watchdog events in, new :class:`Blocklist` snapshots out.
+
+Theory of operation
+-------------------
+Editors rarely write a file in place: most write a temporary file and rename it over
+the old one, which replaces the inode a per-file watch was attached to.  So the
+watcher observes the file's *folder* and keeps only events that name the file
+(created, modified, closed, moved to or from it, deleted).
+
+Two threads do the work, and neither touches proxy state:
+
+* the watchdog observer thread turns events into a request: it notes the time and
+  notifies a :class:`threading.Condition`;
+* one worker thread sleeps on that condition (no polling, no busy loop).  When woken
+  it waits for ``debounce`` seconds of quiet (never more than ``max(0.1, debounce)``
+  after the first event), reads and parses the file, counts added and removed rules
+  against the previous snapshot and calls ``deliver(blocklist, report)``.
+
+``deliver`` runs on the worker thread; the proxy passes a function that forwards
+the snapshot with ``reactor.call_soon_threadsafe``, so the swap is one reference
+assignment on the loop.  A missing, unreadable or undecodable file keeps the last
+good list: a warning is logged and nothing is delivered.  A save that leaves the
+bytes unchanged is not delivered either, except after :meth:`BlocklistWatcher.reload_now`.
+Invalid lines are not a failure: they are skipped, logged one by one and listed in
+:attr:`ReloadReport.errors`.  If inotify cannot start (for example ``OSError`` for
+too many watches) the watcher falls back to watchdog's polling observer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from watchdog.events import (
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from proxy.blocklist import EMPTY, Blocklist, ParseError, parse
+
+log = logging.getLogger("proxy.reload")
+
+POLL_INTERVAL = 0.1
+"""Seconds between two scans of the folder when the polling observer is used."""
+
+_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent]
+
+
+@dataclass(frozen=True)
+class ReloadReport:
+    """What one reload did.
+
+    :ivar ok: ``True`` when a new snapshot was delivered (the file was read).
+    :ivar rules: number of valid rules in the new snapshot.
+    :ivar added: rules present now but not before (compared in canonical form).
+    :ivar removed: rules present before but not now.
+    :ivar errors: the invalid lines that were skipped.
+    :ivar message: one human-readable line, as logged.
+    :ivar at: wall-clock time of the reload (:func:`time.time`).
+    """
+
+    ok: bool
+    rules: int
+    added: int
+    removed: int
+    errors: tuple[ParseError, ...]
+    message: str
+    at: float
+
+
+class _Handler(FileSystemEventHandler):
+    """Forward events that name the watched file to the watcher."""
+
+    def __init__(self, path: str, notify: Callable[[], None]) -> None:
+        """Call *notify* for events naming *path*."""
+        self._path = os.path.normcase(path)
+        self._notify = notify
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        """Notify if the event's source or destination is the watched file."""
+        paths = (event.src_path, event.dest_path)
+        if any(p and os.path.normcase(os.fsdecode(p)) == self._path for p in paths):
+            self._notify()
+
+
+class BlocklistWatcher:
+    """Watch one blocklist file and deliver a fresh :class:`Blocklist` on every change.
+
+    :param path: the blocklist file (its folder must exist).
+    :param deliver: called as ``deliver(blocklist, report)`` *from the worker thread*.
+    :param debounce: seconds of quiet to wait for after the last event of a burst.
+    :param use_polling: use the polling observer even where inotify works.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        deliver: Callable[[Blocklist, ReloadReport], None],
+        *,
+        debounce: float = 0.05,
+        use_polling: bool = False,
+    ) -> None:
+        """Remember the settings; nothing is read or started before :meth:`start`."""
+        self.path = os.path.abspath(os.fspath(path))
+        self._deliver = deliver
+        self._debounce = debounce
+        self._max_delay = max(0.1, debounce)
+        self._use_polling = use_polling
+        self._cond = threading.Condition()
+        self._first = self._last = 0.0  # monotonic times of the burst's events
+        self._pending = self._forced = self._stopping = False
+        self._current: Blocklist = EMPTY
+        self._keys: frozenset[str] = frozenset()
+        self._digest: bytes | None = None  # hash of the bytes last parsed; None: missing
+        self._observer: BaseObserver | None = None
+        self._worker: threading.Thread | None = None
+        self.last_report: ReloadReport | None = None
+        """The latest report, including failures (``ok=False``) that were not delivered."""
+
+    @property
+    def observer_kind(self) -> str:
+        """``"inotify"`` (or the platform's native observer), ``"polling"`` or ``""``."""
+        if self._observer is None:
+            return ""
+        return "polling" if isinstance(self._observer, PollingObserver) else "native"
+
+    def start(self) -> Blocklist:
+        """Load the file now, start the observer and worker threads, return the list.
+
+        A missing or unreadable file gives :data:`~proxy.blocklist.EMPTY` and a warning.
+
+        :raises OSError: if the folder cannot be watched at all.
+        """
+        self._observer = self._start_observer()  # first, so no save can slip between
+        self._load(forced=True, initial=True)
+        self._worker = threading.Thread(target=self._run, name="blocklist-reload", daemon=True)
+        self._worker.start()
+        return self._current
+
+    def _start_observer(self) -> BaseObserver:
+        """Start the native observer on the folder, or the polling one as a fallback."""
+        handler = _Handler(self.path, self._request)
+        folder = os.path.dirname(self.path)
+        if not self._use_polling:
+            observer = Observer()
+            try:
+                observer.schedule(handler, folder, recursive=False, event_filter=_EVENTS)
+                observer.start()
+                return observer
+            except OSError as exc:
+                log.warning("cannot start the native file observer (%s); polling instead", exc)
+                try:
+                    observer.stop()
+                except Exception:  # a half-started observer may refuse to stop
+                    pass
+        observer = PollingObserver(timeout=POLL_INTERVAL)
+        observer.schedule(handler, folder, recursive=False, event_filter=_EVENTS)
+        observer.start()
+        return observer
+
+    def reload_now(self) -> None:
+        """Ask for a reload (thread-safe, e.g. from a SIGHUP handler); returns at once.
+
+        The file is read and parsed on the worker thread, and the result is delivered
+        even if the file did not change.
+        """
+        self._request(forced=True)
+
+    def _request(self, forced: bool = False) -> None:
+        """Record that the file may have changed and wake the worker."""
+        now = time.monotonic()
+        with self._cond:
+            if not self._pending:
+                self._first = now
+            self._pending = True
+            self._last = now - self._debounce if forced else now
+            self._forced = self._forced or forced
+            self._cond.notify()
+
+    def stop(self) -> None:
+        """Stop the observer and the worker thread and join them (at most ~2 s each)."""
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            if observer.is_alive():
+                observer.join(timeout=2.0)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._worker is not None and self._worker is not threading.current_thread():
+            self._worker.join(timeout=2.0)
+
+    def _run(self) -> None:
+        """Worker loop: sleep until asked, debounce the burst, then reload."""
+        while True:
+            with self._cond:
+                while not self._pending and not self._stopping:
+                    self._cond.wait()
+                while not self._stopping:
+                    due = min(self._last + self._debounce, self._first + self._max_delay)
+                    delay = due - time.monotonic()
+                    if delay <= 0:
+                        break
+                    self._cond.wait(delay)
+                if self._stopping:
+                    return
+                forced, self._pending, self._forced = self._forced, False, False
+            try:
+                self._load(forced=forced)
+            except Exception:  # never let one bad reload kill the watcher
+                log.exception("blocklist reload failed")
+
+    def _fail(self, message: str) -> None:
+        """Log *message*, keep the last good list and record a failed report."""
+        log.warning("%s; keeping the last good list (%d rules)", message, len(self._current))
+        self.last_report = ReloadReport(False, len(self._current), 0, 0, (), message, time.time())
+
+    def _load(self, *, forced: bool, initial: bool = False) -> None:
+        """Read, parse and (unless *initial*) deliver the file; keep the old list on error."""
+        try:
+            with open(self.path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            if self._digest is not None or initial or forced:
+                self._fail(f"blocklist file {self.path} is missing")
+            self._digest = None
+            return
+        except OSError as exc:
+            return self._fail(f"cannot read blocklist file {self.path}: {exc}")
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            return self._fail(f"blocklist file {self.path} is not UTF-8: {exc}")
+        digest = hashlib.blake2b(data, digest_size=16).digest()
+        if digest == self._digest and not forced:
+            return
+        new = parse(text)
+        for err in new.errors:
+            log.warning(
+                "%s:%d: invalid rule %r skipped: %s", self.path, err.line, err.text, err.message
+            )
+        old_keys, new_keys = self._keys, new.keys()
+        added, removed = len(new_keys - old_keys), len(old_keys - new_keys)
+        message = f"blocklist reloaded: rules: {len(new)}, +{added}, -{removed}"
+        if initial:
+            message = f"blocklist loaded: rules: {len(new)}"
+        log.info("%s", message)
+        report = ReloadReport(True, len(new), added, removed, new.errors, message, time.time())
+        self._current, self._keys, self._digest, self.last_report = new, new_keys, digest, report
+        if not initial:
+            self._deliver(new, report)

@@ -1,0 +1,186 @@
+"""Tests of BlocklistWatcher: real watchdog observers on a temporary folder.
+
+Every wait is on a queue with a generous timeout; nothing sleeps a fixed time
+except where the test checks that nothing arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import time
+from pathlib import Path
+
+import pytest
+
+from proxy import reload
+from proxy.blocklist import EMPTY, Blocklist
+from proxy.reload import BlocklistWatcher, ReloadReport
+
+TIMEOUT = 10.0
+Delivered = tuple[Blocklist, ReloadReport]
+
+
+def save_by_rename(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".swp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@pytest.fixture(params=[False, True], ids=["native", "polling"])
+def setup(request: pytest.FixtureRequest, tmp_path: Path):
+    path = tmp_path / "blacklist.txt"
+    path.write_text("example.com\n")
+    got: queue.Queue[Delivered] = queue.Queue()
+    watcher = BlocklistWatcher(path, lambda bl, rep: got.put((bl, rep)), use_polling=request.param)
+    initial = watcher.start()
+    yield path, watcher, got, initial
+    watcher.stop()
+
+
+def test_initial_load(setup) -> None:
+    path, watcher, got, initial = setup
+    assert [r.text for r in initial.rules] == ["example.com"]
+    assert watcher.observer_kind in ("native", "polling")
+    assert got.empty()
+
+
+def test_modify_in_place(setup) -> None:
+    path, watcher, got, _ = setup
+    started = time.monotonic()
+    path.write_text("example.com\nnew.org\n")
+    bl, rep = got.get(timeout=TIMEOUT)
+    assert time.monotonic() - started < 5.0
+    assert bl.match("new.org") is not None
+    assert (rep.ok, rep.rules, rep.added, rep.removed) == (True, 2, 1, 0)
+    assert rep.message == "blocklist reloaded: rules: 2, +1, -0"
+
+
+def test_rename_save_then_delete_then_recreate(setup, caplog: pytest.LogCaptureFixture) -> None:
+    path, watcher, got, _ = setup
+    caplog.set_level(logging.INFO, logger="proxy.reload")
+    save_by_rename(path, "other.org\n")
+    bl, rep = got.get(timeout=TIMEOUT)
+    assert [r.text for r in bl.rules] == ["other.org"]
+    assert (rep.added, rep.removed) == (1, 1)
+
+    path.unlink()
+    deadline = time.monotonic() + TIMEOUT
+    while not any("missing" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline, "no warning for the missing file"
+        time.sleep(0.02)
+    warning = next(r for r in caplog.records if "missing" in r.getMessage())
+    assert warning.levelno == logging.WARNING
+    assert got.empty()  # the last good list is kept: no empty list delivered
+    assert watcher.last_report is not None and not watcher.last_report.ok
+
+    path.write_text("other.org\n")  # same content as before: still delivered
+    bl, rep = got.get(timeout=TIMEOUT)
+    assert [r.text for r in bl.rules] == ["other.org"] and (rep.added, rep.removed) == (0, 0)
+
+
+def test_invalid_lines_are_reported_not_fatal(setup, caplog: pytest.LogCaptureFixture) -> None:
+    path, watcher, got, _ = setup
+    caplog.set_level(logging.WARNING, logger="proxy.reload")
+    save_by_rename(path, "good.org\nexa mple.com\n*.\n")
+    bl, rep = got.get(timeout=TIMEOUT)
+    assert rep.ok and rep.rules == 1 and [e.line for e in rep.errors] == [2, 3]
+    lines = [r.getMessage() for r in caplog.records if "invalid rule" in r.getMessage()]
+    assert len(lines) == 2 and ":2: invalid rule 'exa mple.com'" in lines[0]
+
+
+def test_undecodable_file_keeps_last_list(setup, caplog: pytest.LogCaptureFixture) -> None:
+    path, watcher, got, _ = setup
+    path.write_bytes(b"\xff\xfe bad\n")
+    watcher.reload_now()
+    deadline = time.monotonic() + TIMEOUT
+    while not any("not UTF-8" in r.getMessage() for r in caplog.records):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    save_by_rename(path, "fixed.org\n")
+    bl, _ = got.get(timeout=TIMEOUT)
+    assert bl.match("fixed.org") is not None
+
+
+def test_reload_now_delivers_even_unchanged(setup) -> None:
+    path, watcher, got, _ = setup
+    watcher.reload_now()
+    bl, rep = got.get(timeout=TIMEOUT)
+    assert (rep.rules, rep.added, rep.removed) == (1, 0, 0)
+
+
+def test_other_files_ignored(setup) -> None:
+    path, watcher, got, _ = setup
+    (path.parent / "unrelated.txt").write_text("x\n")
+    watcher.reload_now()  # a marker: the next delivery must be this one
+    _, rep = got.get(timeout=TIMEOUT)
+    assert rep.added == 0
+    path.write_text("marker.org\n")
+    bl, _ = got.get(timeout=TIMEOUT)
+    assert bl.match("marker.org") is not None
+
+
+def test_missing_file_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    got: queue.Queue[Delivered] = queue.Queue()
+    watcher = BlocklistWatcher(tmp_path / "none.txt", lambda bl, rep: got.put((bl, rep)))
+    with caplog.at_level(logging.WARNING, logger="proxy.reload"):
+        assert watcher.start() is EMPTY
+    try:
+        assert any("missing" in r.getMessage() for r in caplog.records)
+        (tmp_path / "none.txt").write_text("late.org\n")
+        bl, _ = got.get(timeout=TIMEOUT)
+        assert bl.match("late.org") is not None
+    finally:
+        watcher.stop()
+
+
+def test_falls_back_to_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken(reload.Observer):  # type: ignore[misc,valid-type]
+        def start(self) -> None:
+            raise OSError(24, "inotify instance limit reached")
+
+    monkeypatch.setattr(reload, "Observer", Broken)
+    path = tmp_path / "b.txt"
+    path.write_text("a.org\n")
+    got: queue.Queue[Delivered] = queue.Queue()
+    watcher = BlocklistWatcher(path, lambda bl, rep: got.put((bl, rep)))
+    with caplog.at_level(logging.WARNING, logger="proxy.reload"):
+        watcher.start()
+    try:
+        assert watcher.observer_kind == "polling"
+        assert any("polling instead" in r.getMessage() for r in caplog.records)
+        save_by_rename(path, "b.org\n")
+        bl, _ = got.get(timeout=TIMEOUT)
+        assert bl.match("b.org") is not None
+    finally:
+        watcher.stop()
+
+
+def test_burst_is_debounced(tmp_path: Path) -> None:
+    path = tmp_path / "b.txt"
+    path.write_text("a.org\n")
+    got: queue.Queue[Delivered] = queue.Queue()
+    watcher = BlocklistWatcher(path, lambda bl, rep: got.put((bl, rep)), debounce=0.5)
+    watcher.start()
+    try:
+        for i in range(5):
+            save_by_rename(path, f"a.org\nn{i}.org\n")
+        bl, rep = got.get(timeout=TIMEOUT)
+        # max(0.1, debounce) bounds the delay, so a burst may split, but the final
+        # content always arrives and at most a few deliveries happen.
+        last = bl
+        while last.match("n4.org") is None:
+            last, _ = got.get(timeout=TIMEOUT)
+    finally:
+        watcher.stop()
+
+
+def test_stop_joins_threads(tmp_path: Path) -> None:
+    watcher = BlocklistWatcher(tmp_path / "b.txt", lambda bl, rep: None)
+    watcher.start()
+    watcher.stop()
+    assert watcher._worker is not None and not watcher._worker.is_alive()
+    watcher.stop()  # idempotent
