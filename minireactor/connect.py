@@ -57,7 +57,12 @@ class ConnectAttempt:
     def _try_next(self) -> None:
         while self._addresses:
             family, sockaddr = self._addresses.pop(0)
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            except OSError as exc:
+                # e.g. IPv6 disabled on this host: fall through to the next address.
+                self._last_error = exc
+                continue
             sock.setblocking(False)
             try:
                 sock.connect(sockaddr)

@@ -126,9 +126,15 @@ class Reactor:
             self._selector.register(fd, events, pair)
             return
         reader, writer = key.data
+        # A replaced handle may already sit in this tick's ready queue: cancel it so only the
+        # new callback runs.
         if slot == 0:
+            if reader is not None:
+                reader.cancel()
             reader = handle
         else:
+            if writer is not None:
+                writer.cancel()
             writer = handle
         self._selector.modify(fd, key.events | (1 << slot), (reader, writer))
 
@@ -177,7 +183,7 @@ class Reactor:
         """
         self.ticks += 1
         deadline = self._timers.next_deadline()
-        if self._ready or self._stopping:
+        if self._ready:
             wait: float | None = 0.0
         elif deadline is not None:
             wait = max(0.0, deadline - time.monotonic())

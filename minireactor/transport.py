@@ -174,11 +174,11 @@ class Transport:
             self._fatal(exc)
             return
         del self._buffer[:sent]
-        if self._buffer:
-            self._check_low_water()
+        # resume_writing may queue more bytes, or ask for close/write_eof: check afterwards.
+        self._check_low_water()
+        if self._buffer or self._closed:
             return
         self.reactor.remove_writer(self._fd)
-        self._check_low_water()
         if self._eof_pending:
             self._shutdown_write()
         if self._closing:
