@@ -1,0 +1,111 @@
+"""Serialisation: events back into bytes for the wire.
+
+Theory of operation: writing is the easy direction, but a proxy writes what it *received*
+(possibly edited), so the serialiser refuses anything that would change the message boundaries
+on the wire: a CR, LF or other control character in a method, target, reason or field, or a
+field name that is not a token, raises ``ValueError`` (the classic header-injection bug). The
+parsers already reject such input, so this only fires on a programming error.
+
+A head is its start-line (RFC 9112 sections 3 and 4), ``name: value`` lines (section 5) and an
+empty line. A body is framed by :class:`BodyWriter`: as is when the head carries a
+``Content-Length`` (or the body runs until close), or in chunks (section 7.1), where an empty
+chunk would mean "end of body", so writing ``b""`` must produce nothing at all.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .headers import Headers
+from .heads import TOKEN
+
+_TOKEN_RE = re.compile(TOKEN.decode("ascii"))
+_TARGET_RE = re.compile(r"[\x21-\x7e]+")
+_VERSION_RE = re.compile(r"HTTP/[0-9]\.[0-9]")
+_TEXT_RE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
+
+
+def _check(pattern: re.Pattern[str], text: str, what: str) -> None:
+    if pattern.fullmatch(text) is None:
+        raise ValueError(f"invalid {what}: {text!r}")
+
+
+def _fields(headers: Headers) -> bytes:
+    for name, value in headers:
+        _check(_TOKEN_RE, name, "field name")
+        _check(_TEXT_RE, value, "field value")
+    return headers.to_bytes()
+
+
+def serialize_request_head(
+    method: str, target: str, headers: Headers, version: str = "HTTP/1.1"
+) -> bytes:
+    """Return ``method SP target SP version CRLF``, the field lines and the empty line.
+
+    :raises ValueError: a part holds characters that would break the framing.
+    """
+    _check(_TOKEN_RE, method, "method")
+    _check(_TARGET_RE, target, "request-target")
+    _check(_VERSION_RE, version, "HTTP-version")
+    start = f"{method} {target} {version}\r\n".encode("ascii")
+    return start + _fields(headers) + b"\r\n"
+
+
+def serialize_response_head(
+    status: int, reason: str, headers: Headers, version: str = "HTTP/1.1"
+) -> bytes:
+    """Return ``version SP status SP reason CRLF``, the field lines and the empty line.
+
+    The SP before the reason is written even when the reason is empty (section 4).
+
+    :raises ValueError: a part holds characters that would break the framing.
+    """
+    if not 100 <= status <= 999:
+        raise ValueError(f"invalid status code: {status!r}")
+    _check(_VERSION_RE, version, "HTTP-version")
+    _check(_TEXT_RE, reason, "reason phrase")
+    start = f"{version} {status:03d} {reason}\r\n".encode("latin-1")
+    return start + _fields(headers) + b"\r\n"
+
+
+class BodyWriter:
+    """Frame a body for the wire: in chunks, or as is (Content-Length or until close).
+
+    :param chunked: use the chunked transfer coding (the head must say
+        ``Transfer-Encoding: chunked``).
+    """
+
+    __slots__ = ("chunked", "_ended")
+
+    def __init__(self, chunked: bool) -> None:
+        #: Whether the body is chunked.
+        self.chunked = chunked
+        self._ended = False
+
+    def write(self, data: bytes) -> bytes:
+        """Return the wire bytes carrying *data*; ``b""`` for empty *data*.
+
+        :raises RuntimeError: :meth:`end` was already called.
+        """
+        if self._ended:
+            raise RuntimeError("write() after end()")
+        if not data:
+            return b""  # a zero-length chunk would end the body
+        if not self.chunked:
+            return bytes(data)
+        return b"%x\r\n" % len(data) + data + b"\r\n"
+
+    def end(self, trailers: Headers | None = None) -> bytes:
+        """Return the bytes that end the body: the last chunk and *trailers*, or ``b""``.
+
+        Without chunking, trailers cannot be sent and are dropped, as RFC 9112 section 7.1.2
+        lets a recipient do.
+
+        :raises RuntimeError: :meth:`end` was already called.
+        """
+        if self._ended:
+            raise RuntimeError("end() called twice")
+        self._ended = True
+        if not self.chunked:
+            return b""
+        return b"0\r\n" + (_fields(trailers) if trailers else b"") + b"\r\n"
