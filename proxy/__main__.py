@@ -1,0 +1,194 @@
+"""``python -m proxy``: the command line.
+
+Theory of operation
+-------------------
+The parser is built by :func:`build_parser` so the docs can render it (the reference page is
+generated from it and cannot drift). :func:`main` turns flags into a :class:`~proxy.config.Config`,
+starts a :class:`~proxy.app.ProxyServer` and runs it until Ctrl-C or SIGTERM. Mistakes in the
+flags end with argparse's one-line message and exit status 2; a port already in use ends with
+one line and status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .config import Config, MiB
+
+
+def _size(text: str) -> int:
+    units = {"k": 1024, "m": MiB, "g": 1024 * MiB}
+    text = text.strip().lower().removesuffix("ib").removesuffix("b")
+    try:
+        if text and text[-1] in units:
+            return int(float(text[:-1]) * units[text[-1]])
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M or 512k)") from None
+
+
+def _ports(text: str) -> frozenset[int]:
+    try:
+        ports = frozenset(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port list: {text!r}") from None
+    if not ports or any(not 0 < p < 65536 for p in ports):
+        raise argparse.ArgumentTypeError(f"ports must be 1-65535: {text!r}")
+    return ports
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0 seconds")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m proxy`` argument parser."""
+    defaults = Config()
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy",
+        description="A forward HTTP/HTTPS proxy on a single-threaded reactor.",
+        epilog="Point a client at it: curl -x http://127.0.0.1:4095 http://example.com/",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    net = parser.add_argument_group("listening")
+    net.add_argument("--host", default=defaults.host, help="address to listen on (%(default)s)")
+    net.add_argument("--port", type=int, default=defaults.port, help="TCP port (%(default)s)")
+    net.add_argument(
+        "--max-conns",
+        type=int,
+        default=defaults.max_conns,
+        help="concurrent client connections; more wait in the backlog (%(default)s)",
+    )
+    pol = parser.add_argument_group("policy")
+    pol.add_argument(
+        "--blacklist", default=defaults.blacklist, help="blocklist file, hot-reloaded (%(default)s)"
+    )
+    pol.add_argument(
+        "--connect-ports",
+        type=_ports,
+        default=defaults.connect_ports,
+        metavar="PORTS",
+        help="comma-separated ports CONNECT may reach (443)",
+    )
+    pol.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="CIDR",
+        help="client network allowed to use the proxy (repeatable; default: any)",
+    )
+    pol.add_argument(
+        "--deny-private",
+        action="store_true",
+        help="refuse targets in loopback, link-local and private ranges",
+    )
+    cache = parser.add_argument_group("cache")
+    cache.add_argument("--no-cache", action="store_true", help="turn the HTTP cache off")
+    cache.add_argument(
+        "--cache-size", type=_size, default=defaults.cache_size, help="total cache bytes (64M)"
+    )
+    cache.add_argument(
+        "--cache-max-object",
+        type=_size,
+        default=defaults.cache_max_object,
+        help="largest response stored (8M)",
+    )
+    lim = parser.add_argument_group("limits and timeouts (seconds)")
+    for flag, field, text in (
+        ("--head-timeout", "head_timeout", "to receive a whole request head (408)"),
+        ("--keepalive-timeout", "keepalive_timeout", "idle client connection between requests"),
+        ("--connect-timeout", "connect_timeout", "to resolve and connect to an origin (504)"),
+        ("--first-byte-timeout", "first_byte_timeout", "for the origin's response head (504)"),
+        ("--idle-timeout", "idle_timeout", "a relay or tunnel with no bytes moving"),
+    ):
+        lim.add_argument(
+            flag,
+            type=_seconds,
+            default=getattr(defaults, field),
+            metavar="S",
+            help=f"{text} (%(default)s)",
+        )
+    out = parser.add_argument_group("output")
+    out.add_argument(
+        "--log-level",
+        default=defaults.log_level,
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="console log level (%(default)s)",
+    )
+    out.add_argument("--trace", action="store_true", help="log the reactor's ticks and callbacks")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Turn parsed flags into a :class:`~proxy.config.Config`."""
+    return Config(
+        host=args.host,
+        port=args.port,
+        blacklist=args.blacklist,
+        max_conns=args.max_conns,
+        connect_ports=args.connect_ports,
+        allow=tuple(args.allow),
+        deny_private=args.deny_private,
+        cache_enabled=not args.no_cache,
+        cache_size=args.cache_size,
+        cache_max_object=args.cache_max_object,
+        head_timeout=args.head_timeout,
+        keepalive_timeout=args.keepalive_timeout,
+        connect_timeout=args.connect_timeout,
+        first_byte_timeout=args.first_byte_timeout,
+        idle_timeout=args.idle_timeout,
+        log_level=args.log_level,
+        trace=args.trace,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the proxy until interrupted; return the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    config = config_from_args(args)
+    level = "DEBUG" if config.trace else config.log_level
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if config.host in ("0.0.0.0", "::") and not config.allow:
+        logging.getLogger("proxy").warning(
+            "listening on %s with no --allow: anyone who can reach this machine may use the proxy",
+            config.host,
+        )
+    from .app import ProxyServer
+
+    server = ProxyServer(config)
+    try:
+        server.start()
+    except OSError as exc:
+        print(
+            f"proxy: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr
+        )
+        return 1
+    host, port = server.address
+    rules = len(server.ctx.blocklist)
+    print(
+        f"proxy {__version__} listening on http://{host}:{port} "
+        f"(blocklist {config.blacklist}: {rules} rules, cache "
+        f"{'on' if config.cache_enabled else 'off'}); Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
+    server.run()
+    print("proxy stopped", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

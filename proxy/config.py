@@ -1,0 +1,85 @@
+"""Every setting of the proxy, with its default, in one dataclass.
+
+Theory of operation
+-------------------
+The command line (:mod:`proxy.__main__`), the tests and the notebooks all build a
+:class:`Config`; nothing else reads flags or the environment. Keeping defaults here, each with the
+reason it was chosen, makes the reference table in the docs a rendering of this file rather than
+a second copy that can drift.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class Config:
+    """Settings of one proxy instance; every field has a sensible default."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on; loopback unless you mean to serve other machines."""
+    port: int = 4095
+    """TCP port (the original report's); 0 lets the kernel choose."""
+    blacklist: str = "./blacklist.txt"
+    """The blocklist file, hot-reloaded when it changes."""
+    watch_blacklist: bool = True
+    """Watch the blocklist for changes (tests may turn it off)."""
+
+    cache_enabled: bool = True
+    """Whether responses are cached at all (``--no-cache`` turns it off)."""
+    cache_size: int = 64 * MiB
+    """Total bytes the cache may hold (an LRU evicts beyond it)."""
+    cache_max_object: int = 8 * MiB
+    """Largest response body stored; bigger ones are relayed untouched."""
+    collapse_wait: float = 5.0
+    """How long a request waits for an identical fetch in flight before going upstream."""
+
+    max_request_line: int = 8 * 1024
+    """Longest request line (414 beyond), as nginx's large_client_header_buffers."""
+    max_header_bytes: int = 64 * 1024
+    """Largest header section (431 beyond), as Squid's request_header_max_size."""
+    max_header_fields: int = 100
+    """Most header fields in one head (431 beyond), as Apache's LimitRequestFields."""
+
+    head_timeout: float = 30.0
+    """Seconds to receive a complete request head (408), as HAProxy's timeout http-request."""
+    keepalive_timeout: float = 60.0
+    """Seconds an idle client connection is kept between requests, as nginx's 75 s-ish."""
+    connect_timeout: float = 10.0
+    """Seconds to resolve and connect to an origin (504 beyond), as HAProxy's timeout connect."""
+    first_byte_timeout: float = 60.0
+    """Seconds to wait for the origin's response head (504), as nginx's proxy_read_timeout."""
+    idle_timeout: float = 300.0
+    """Seconds a relay or tunnel may see no bytes in either direction before it is closed."""
+    upstream_idle_timeout: float = 30.0
+    """Seconds an idle pooled origin connection is kept for reuse."""
+    shutdown_grace: float = 5.0
+    """Seconds in-flight exchanges get to finish on Ctrl-C/SIGTERM."""
+
+    max_conns: int = 1024
+    """Concurrent client connections; beyond it new clients wait in the listen backlog."""
+    max_idle_upstreams_per_host: int = 16
+    """Idle origin connections kept per host:port."""
+    connect_ports: frozenset[int] = field(default_factory=lambda: frozenset({443}))
+    """Ports CONNECT may reach (Squid's SSL_ports idea)."""
+    allow: tuple[str, ...] = ()
+    """Client networks allowed (CIDR); empty means only loopback... or anyone on loopback bind."""
+    deny_private: bool = False
+    """Refuse targets in loopback, link-local and private ranges."""
+    auth_file: str | None = None
+    """File of ``user:hash`` lines enabling Basic proxy authentication."""
+
+    via_pseudonym: str = "minireactor"
+    """Name written in ``Via``; seeing it on an incoming request means a forwarding loop."""
+    trace: bool = False
+    """Print the reactor's trace events (ticks, fd events, callbacks) to the log."""
+    log_level: str = "INFO"
+    """Logging level for the console."""
+
+    def replace(self, **changes: object) -> Config:
+        """Return a copy with *changes* applied."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]

@@ -1,0 +1,410 @@
+"""Exchange: forward one request to an origin and relay its response, streaming both ways.
+
+Theory of operation
+-------------------
+Neither body is ever held whole. The request body is pulled from the client's parser only while
+the origin connection takes it (the origin's ``pause_writing`` stops the pulling and pauses the
+client's socket); the response body is written to the client as it arrives, and the client's
+``pause_writing`` pauses reading from the origin. Memory per exchange is therefore bounded by
+the transports' water marks plus one read, however large the bodies are.
+
+On the way through, the head is rewritten (RFC 9110 section 7.6): the request line takes
+origin-form, ``Host`` is set from the absolute URL (RFC 9112 section 3.2.2), hop-by-hop fields
+go, ``Via`` is added. The response is *re-framed* for the client: a chunked or close-delimited
+body is sent chunked to an HTTP/1.1 client, so the client connection survives even when the
+origin's does not; an HTTP/1.0 client gets the bytes as they are and a close.
+
+A body cut short by the origin is never passed off as complete: the client connection is reset,
+and nothing partial reaches the cache.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .http11 import (
+    NEED_DATA,
+    PAUSED,
+    BodyWriter,
+    ConnectionClosed,
+    Data,
+    EndOfMessage,
+    Headers,
+    ProtocolError,
+    Request,
+    Response,
+    keep_alive,
+    serialize_request_head,
+    serialize_response_head,
+)
+from .http11.framing import CHUNKED, UNTIL_CLOSE, request_framing, response_framing
+from .session import guarded
+from .states import SessionState
+from .target import Target, add_via, strip_hop_by_hop
+from .upstream import Upstream
+
+if TYPE_CHECKING:
+    from .session import ClientSession
+
+S = SessionState
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+def _is_upgrade(request: Request) -> bool:
+    return "upgrade" in request.headers and request.headers.has_token("connection", "upgrade")
+
+
+class Exchange:
+    """One request forwarded over one origin connection, and its response relayed back."""
+
+    def __init__(
+        self,
+        session: ClientSession,
+        upstream: Upstream,
+        request: Request,
+        target: Target,
+        conditional: Headers | None = None,
+    ) -> None:
+        self.session = session
+        self.upstream = upstream
+        self.request = request
+        self.target = target
+        self.conditional = conditional
+        self.request_framing = request_framing(request)
+        self.request_done = False
+        self.response: Response | None = None
+        self.response_bytes = 0
+        self.done = False
+        self.upstream_paused = False
+        self.client_writer = BodyWriter(chunked=False)
+        self.client_reusable = False
+        self.cache_writer: Any = None
+        self.on_head: Any = None
+        self._diverted: Any = None
+        self._first_byte_timer: Any = None
+        self._idle_timer: Any = None
+        self._seen: tuple[int, int] = (-1, -1)
+
+    # -- sending the request ---------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Send the rewritten head, then as much of the body as has arrived."""
+        request, target = self.request, self.target
+        config = self.session.config
+        self.upstream.owner = self
+        headers = strip_hop_by_hop(request.headers, keep_upgrade=_is_upgrade(request))
+        headers.set("Host", target.authority)
+        if self.conditional is not None:
+            for name, value in self.conditional:
+                headers.set(name, value)
+        add_via(headers, request.version, config.via_pseudonym)
+        if self.request_framing == CHUNKED:
+            headers.add("Transfer-Encoding", "chunked")
+        self.request_writer = BodyWriter(chunked=self.request_framing == CHUNKED)
+        self.upstream.parser.expect(request.method)
+        self.upstream.write(serialize_request_head(request.method, target.path, headers))
+        self._first_byte_timer = self.session.reactor.call_later(
+            config.first_byte_timeout, self._first_byte_timed_out
+        )
+        self.pump_request_body()
+        if self.upstream.parser.buffered or self.upstream.eof:
+            self.upstream_readable()
+
+    @property
+    def wants_request_body(self) -> bool:
+        """Whether client bytes are still part of this request's body."""
+        return not self.request_done and not self.done
+
+    def pump_request_body(self) -> None:
+        """Move request-body events from the client's parser to the origin, while it takes them."""
+        parser = self.session.parser
+        while not self.request_done and not self.upstream_paused and not self.done:
+            try:
+                event = parser.next_event()
+            except ProtocolError as exc:
+                self._client_sent_garbage(exc)
+                return
+            if event is NEED_DATA:
+                if self.session.transport is not None and not self.session.client_eof:
+                    self.session.transport.resume_reading()
+                return
+            if isinstance(event, Data):
+                self.upstream.write(self.request_writer.write(event.data))
+            elif isinstance(event, EndOfMessage):
+                self.upstream.write(self.request_writer.end(event.trailers))
+                self.request_done = True
+            else:
+                raise RuntimeError(f"unexpected {event!r} in a request body")
+
+    def _client_sent_garbage(self, exc: ProtocolError) -> None:
+        # Nothing more of this request may reach the origin.
+        self._release_upstream(reuse=False)
+        self.done = True
+        self.session.exchange = None
+        if self.response is None:
+            self.session.fire("upstream_failed")
+            self.session.answer_error(exc.status, exc.message, close=True)
+        else:
+            self.session.upstream_failed_midway()
+
+    # -- backpressure ----------------------------------------------------------------------------
+
+    def upstream_pause_writing(self) -> None:
+        """The origin is slow to take the request body: stop reading the client."""
+        self.upstream_paused = True
+        if self.session.transport is not None:
+            self.session.transport.pause_reading()
+
+    @guarded
+    def upstream_resume_writing(self) -> None:
+        """The origin caught up: read the client again."""
+        self.upstream_paused = False
+        self.pump_request_body()
+
+    def client_paused(self, paused: bool) -> None:
+        """The client's write buffer crossed a water mark: pause or resume the origin."""
+        transport = self.upstream.transport
+        if transport is None or self.done:
+            return
+        if paused:
+            transport.pause_reading()
+        else:
+            transport.resume_reading()
+
+    # -- receiving the response ------------------------------------------------------------------
+
+    @guarded
+    def upstream_readable(self) -> None:
+        """Relay every response event the origin's bytes complete."""
+        parser = self.upstream.parser
+        while not self.done:
+            try:
+                event = parser.next_event()
+            except ProtocolError as exc:
+                self._origin_broke(exc.status, f"the origin sent a malformed response: {exc}")
+                return
+            if event is NEED_DATA:
+                return
+            if isinstance(event, Response):
+                if event.status < 200 and event.status != 101:
+                    self._relay_interim(event)
+                else:
+                    self._response_head(event)
+            elif self._diverted is not None:
+                if isinstance(event, EndOfMessage):
+                    self._diverted_end()
+            elif isinstance(event, Data):
+                self._response_body(event.data)
+            elif isinstance(event, EndOfMessage):
+                self._response_end(event.trailers)
+            elif event is PAUSED:
+                self._upgraded()
+            elif isinstance(event, ConnectionClosed):
+                self.upstream_lost(None)
+
+    def _relay_interim(self, response: Response) -> None:
+        # 1xx answers (100 Continue, 103 Early Hints) mean nothing to an HTTP/1.0 client.
+        if self.request.version == "HTTP/1.1":
+            self.session.send(
+                serialize_response_head(response.status, response.reason, response.headers)
+            )
+
+    def _response_head(self, response: Response) -> None:
+        self._cancel_first_byte_timer()
+        self.response = response
+        if self.on_head is not None and self.on_head(self, response):
+            return  # the cache took over (a 304 that refreshed a stored entry)
+        session = self.session
+        session.fire("response_head")
+        session.status = response.status
+        if session.result == "NONE":
+            session.result = "TCP_MISS"
+        framing = response_framing(self.request.method, response)
+        self.response_framing = framing
+        upgrade = response.status == 101
+        headers = strip_hop_by_hop(response.headers, keep_upgrade=upgrade)
+        add_via(headers, response.version, session.config.via_pseudonym)
+        if session.cache_status is not None:
+            headers.add("Cache-Status", session.cache_status)
+        chunked = False
+        if framing in (CHUNKED, UNTIL_CLOSE):
+            headers.remove("Content-Length")
+            if self.request.version == "HTTP/1.1":
+                chunked = True
+                codings = [
+                    c
+                    for c in response.headers.get_list("transfer-encoding")
+                    if c.lower() != "chunked"
+                ]
+                headers.add("Transfer-Encoding", ", ".join([*codings, "chunked"]))
+        self.client_writer = BodyWriter(chunked=chunked)
+        self.client_reusable = (
+            session.client_keeps_alive() and (chunked or framing != UNTIL_CLOSE) and not upgrade
+        )
+        if not upgrade:
+            if not self.client_reusable:
+                headers.add("Connection", "close")
+            elif self.request.version == "HTTP/1.0":
+                headers.add("Connection", "keep-alive")
+        session.send(serialize_response_head(response.status, response.reason, headers))
+        self._arm_idle_timer()
+
+    def _response_body(self, data: bytes) -> None:
+        self.response_bytes += len(data)
+        if self.cache_writer is not None:
+            self.cache_writer.write(data)
+        self.session.send(self.client_writer.write(data))
+
+    def _response_end(self, trailers: Headers) -> None:
+        response = self.response
+        assert response is not None
+        self.session.send(self.client_writer.end(trailers))
+        if self.cache_writer is not None:
+            self.cache_writer.finish()
+            self.cache_writer = None
+        reuse = (
+            self.request_done
+            and keep_alive(response.version, response.headers)
+            and self.response_framing != UNTIL_CLOSE
+        )
+        self._finish(
+            reuse_upstream=reuse, client_reusable=self.client_reusable and self.request_done
+        )
+
+    def divert(self, then: Any) -> None:
+        """Swallow the rest of this (bodiless) response, then call *then* instead of relaying."""
+        self._cancel_timers()
+        self._diverted = then
+
+    def _diverted_end(self) -> None:
+        response = self.response
+        assert response is not None
+        then = self._diverted
+        self.done = True
+        self.session.exchange = None
+        reuse = self.request_done and keep_alive(response.version, response.headers)
+        self._release_upstream(reuse=reuse)
+        then()
+
+    def _upgraded(self) -> None:
+        # 101 Switching Protocols: both connections become one byte relay (e.g. WebSocket).
+        response = self.response
+        if response is None or response.status != 101:
+            self._origin_broke(502, "the origin switched protocols without a 101 response")
+            return
+        self.done = True
+        self._cancel_timers()
+        session = self.session
+        session.exchange = None
+        session.fire("upgraded")
+        session.result = "TCP_UPGRADE"
+        upstream = self.upstream
+        upstream.owner = None
+        transport = upstream.transport
+        assert transport is not None
+        early_down = upstream.parser.take_trailing_data()
+        early_up = session.parser.take_trailing_data()
+        session.start_tunnel(transport, early_up, early_down)
+
+    # -- failures --------------------------------------------------------------------------------
+
+    @guarded
+    def upstream_lost(self, exc: BaseException | None) -> None:
+        """The origin connection closed before the response was complete."""
+        if self.done:
+            return
+        if self.response is None:
+            nothing_heard = self.upstream.parser.buffered == 0
+            if (
+                self.upstream.reused
+                and nothing_heard
+                and self.request.method in IDEMPOTENT
+                and self.request_framing == 0
+            ):
+                self.done = True
+                self._cancel_timers()
+                if self.session.retry_on_fresh_connection():
+                    return
+            self._origin_broke(502, "the origin closed the connection before sending a response")
+            return
+        self._origin_broke(502, "the origin closed the connection in the middle of the response")
+
+    @guarded
+    def _first_byte_timed_out(self) -> None:
+        self._first_byte_timer = None
+        if self.response is None and not self.done:
+            timeout = self.session.config.first_byte_timeout
+            self._origin_broke(504, f"the origin sent no response within {timeout:g} s")
+
+    def _origin_broke(self, status: int, detail: str) -> None:
+        """Give up on the origin: an error page if nothing was sent yet, else a reset."""
+        self._release_upstream(reuse=False)
+        self.done = True
+        if self.cache_writer is not None:
+            self.cache_writer.abort()
+            self.cache_writer = None
+        session = self.session
+        session.exchange = None
+        if self.response is None:
+            session.fire("upstream_failed")
+            session.answer_error(status, detail, close=not self.request_done)
+        else:
+            session.upstream_failed_midway()
+
+    def client_lost(self) -> None:
+        """The client went away: drop the origin connection and anything half-cached."""
+        if self.done:
+            return
+        self._release_upstream(reuse=False)
+        self.done = True
+        if self.cache_writer is not None:
+            self.cache_writer.abort()
+            self.cache_writer = None
+
+    # -- bookkeeping -----------------------------------------------------------------------------
+
+    def _finish(self, *, reuse_upstream: bool, client_reusable: bool) -> None:
+        self.done = True
+        self._release_upstream(reuse=reuse_upstream)
+        self.session.exchange_finished(client_reusable)
+
+    def _release_upstream(self, *, reuse: bool) -> None:
+        self._cancel_timers()
+        upstream = self.upstream
+        upstream.owner = None
+        if upstream.transport is not None:
+            upstream.transport.resume_reading()
+        if reuse:
+            self.session.ctx.pool.release(upstream)
+        else:
+            upstream.abort()
+
+    def _arm_idle_timer(self) -> None:
+        idle = self.session.config.idle_timeout
+        self._idle_timer = self.session.reactor.call_later(idle, self._check_idle)
+
+    @guarded
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self.done:
+            return
+        # Progress is bytes from the origin or bytes drained by the client: a slow reader
+        # pausing the origin is not an idle relay, but a relay where neither moves is.
+        client = self.session.transport
+        progress = (self.response_bytes, client.get_write_buffer_size() if client else 0)
+        if progress == self._seen:
+            self._origin_broke(504, "the response stopped moving for the idle timeout")
+            return
+        self._seen = progress
+        self._arm_idle_timer()
+
+    def _cancel_first_byte_timer(self) -> None:
+        if self._first_byte_timer is not None:
+            self._first_byte_timer.cancel()
+            self._first_byte_timer = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_first_byte_timer()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None

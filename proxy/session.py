@@ -1,0 +1,636 @@
+"""ClientSession: one state machine per accepted client connection.
+
+Theory of operation
+-------------------
+The session is the protocol object of the client's transport. Bytes go into a sans-IO
+:class:`~proxy.http11.RequestParser`; the session pulls events out only when its state says it
+is ready for them, which is how pipelined requests wait their turn and how a request body is
+read exactly as fast as the origin takes it.
+
+Every change of state goes through :meth:`ClientSession.fire`, which looks the move up in
+:data:`proxy.states.TRANSITIONS` and raises on a move the table does not list. Methods are named
+after the steps of one request (see the data flow in the docs' architecture page)::
+
+    READING_REQUEST -> CHECKING_POLICY -> [LOOKING_UP_CACHE] -> RESOLVING -> CONNECTING
+      -> FORWARDING -> RELAYING_RESPONSE -> READING_REQUEST (keep-alive) or CLOSING -> CLOSED
+
+Forwarding one request and relaying its response is the job of :class:`proxy.forward.Exchange`;
+CONNECT becomes a :class:`proxy.tunnel.Tunnel`; answers the proxy writes itself (errors, 403,
+its own status pages) go through :meth:`ClientSession.answer`.
+
+Every callback that reaches the session from outside its own transport (timers, the resolver,
+the connect attempt, the origin connection) is wrapped by :func:`guarded`: an unexpected
+exception becomes a 500 (or a reset, if the response had begun) for this client alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from minireactor import Protocol, Transport, connect
+from minireactor.resolver import Address
+from minireactor.timers import TimerHandle
+
+from .http11 import (
+    NEED_DATA,
+    ConnectionClosed,
+    EndOfMessage,
+    Headers,
+    ProtocolError,
+    Request,
+    RequestParser,
+    keep_alive,
+)
+from .pages import error_page, simple_response
+from .states import INITIAL_STATE, SessionState, next_state
+from .stats import RequestRecord
+from .target import Target, has_via_loop, parse_target
+from .tunnel import Tunnel
+from .upstream import Upstream
+
+if TYPE_CHECKING:
+    from .app import ProxyContext
+    from .cachestep import BodySender, CachePlan
+    from .forward import Exchange
+
+log = logging.getLogger("proxy.session")
+S = SessionState
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Bytes of a pipelined next request we hold while the current one is answered.
+PIPELINE_BUFFER_LIMIT = 256 * 1024
+
+
+def guarded(method: F) -> F:
+    """Turn an unexpected exception in a session callback into a 500 for that client only."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any) -> Any:
+        try:
+            return method(self, *args)
+        except Exception as exc:
+            session = getattr(self, "session", self)
+            session.internal_error(exc)
+            return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+class ClientSession(Protocol):
+    """The proxy's side of one client connection."""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+        self.reactor = ctx.reactor
+        self.config = ctx.config
+        self.state = INITIAL_STATE
+        ctx.stats.moved(None, self.state)
+        self.parser = RequestParser(ctx.limits)
+        self.transport: Transport | None = None
+        self.client = "-"
+        self.client_ip = ""
+        self.client_eof = False
+        self.request: Request | None = None
+        self.target: Target | None = None
+        self.exchange: Exchange | None = None
+        self.tunnel: Tunnel | None = None
+        self.cache_plan: CachePlan | None = None
+        self.body_sender: BodySender | None = None
+        self.on_state_change: Callable[[SessionState, str, SessionState], None] | None = None
+        self._timer: TimerHandle | None = None
+        self._waiting_for_head = False
+        self._pending: Any = None
+        self._retried = False
+        self._begin_request_bookkeeping()
+
+    def _begin_request_bookkeeping(self) -> None:
+        self.started = self.reactor.time()
+        self.status = 0
+        self.result = "NONE"
+        self.bytes_sent = 0
+        self.response_started = False
+        self.logged = False
+        self.cache_status: str | None = None
+
+    # -- the one way to change state -----------------------------------------------------------
+
+    def fire(self, trigger: str) -> SessionState:
+        """Move to the state :data:`~proxy.states.TRANSITIONS` names for *trigger*."""
+        old = self.state
+        new = next_state(old, trigger)
+        self.state = new
+        self.ctx.stats.moved(old, new)
+        if self.on_state_change is not None:
+            self.on_state_change(old, trigger, new)
+        return new
+
+    # -- transport callbacks ---------------------------------------------------------------------
+
+    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+        """Start waiting for the first request."""
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if peer:
+            self.client_ip = str(peer[0])
+            self.client = f"{peer[0]}:{peer[1]}"
+        self._arm_request_timer()
+
+    @guarded
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser and let the current state take what it is ready for."""
+        self.ctx.stats.bytes_from_clients += len(data)
+        self.parser.feed(data)
+        self._client_bytes_arrived()
+
+    @guarded
+    def eof_received(self) -> bool:
+        """The client half-closed: finish what is in flight, then close."""
+        self.client_eof = True
+        self.parser.feed_eof()
+        self._client_bytes_arrived()
+        return True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Release everything this connection held."""
+        self._cancel_timer()
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        if self.exchange is not None:
+            self.exchange.client_lost()
+            self.exchange = None
+        self.body_sender = None
+        if self.request is not None and not self.logged:
+            self.result += "_ABORTED"
+            self.log_request()
+        if self.state is S.CLOSING:
+            self.fire("closed")
+        elif self.state is not S.CLOSED:
+            self.fire("client_gone")
+        self.ctx.session_closed(self)
+
+    def pause_writing(self) -> None:
+        """The client reads slower than the origin sends: stop reading from the origin."""
+        if self.exchange is not None:
+            self.exchange.client_paused(True)
+        elif self.body_sender is not None:
+            self.body_sender.client_paused(True)
+
+    def resume_writing(self) -> None:
+        """The client caught up."""
+        if self.exchange is not None:
+            self.exchange.client_paused(False)
+        elif self.body_sender is not None:
+            self.body_sender.client_paused(False)
+
+    def _client_bytes_arrived(self) -> None:
+        if self.state is S.READING_REQUEST:
+            self.read_request()
+        elif self.exchange is not None and self.exchange.wants_request_body:
+            self.exchange.pump_request_body()
+        elif self.parser.buffered > PIPELINE_BUFFER_LIMIT and self.transport is not None:
+            self.transport.pause_reading()
+
+    # -- READING_REQUEST -------------------------------------------------------------------------
+
+    def read_request(self) -> None:
+        """Pull the next request head out of the parser, if a whole one has arrived."""
+        if self.state is not S.READING_REQUEST:
+            return
+        try:
+            event = self.parser.next_event()
+        except ProtocolError as exc:
+            self._cancel_timer()
+            self.fire("bad_request")
+            self.answer_error(exc.status, exc.message, close=True)
+            return
+        if event is NEED_DATA:
+            if self.parser.buffered and not self._waiting_for_head:
+                self._waiting_for_head = True
+                self._arm_timer(self.config.head_timeout, self._head_timed_out)
+            if self.transport is not None and not self.client_eof:
+                self.transport.resume_reading()
+            return
+        if isinstance(event, ConnectionClosed):
+            self._close()
+            return
+        if not isinstance(event, Request):
+            raise RuntimeError(f"unexpected {event!r} while reading a request head")
+        self._cancel_timer()
+        self._waiting_for_head = False
+        self._begin_request_bookkeeping()
+        self.request = event
+        self.target = None
+        self._retried = False
+        self.fire("head_received")
+        self.check_policy(event)
+
+    def _arm_request_timer(self) -> None:
+        self._waiting_for_head = False
+        self._arm_timer(self.config.keepalive_timeout, self._idle_timed_out)
+
+    @guarded
+    def _idle_timed_out(self) -> None:
+        self._timer = None
+        if self.state is S.READING_REQUEST:
+            self.fire("idle_timeout")
+            self._close()
+
+    @guarded
+    def _head_timed_out(self) -> None:
+        self._timer = None
+        if self.state is S.READING_REQUEST:
+            self.fire("head_timeout")
+            self.request = None
+            self.answer_error(408, "the request head did not arrive in time", close=True)
+
+    # -- CHECKING_POLICY -------------------------------------------------------------------------
+
+    def check_policy(self, request: Request) -> None:
+        """Decide whether and how to serve *request*: local page, refusal, cache or origin."""
+        if request.target.startswith("/") or request.target == "*":
+            self.fire("local_page")
+            self.ctx.serve_local(self, request)
+            return
+        try:
+            target = parse_target(request.method, request.target)
+        except ProtocolError as exc:
+            self.fire("denied")
+            self.answer_error(exc.status, exc.message)
+            return
+        self.target = target
+        if self.ctx.is_own_address(target.host, target.port) or target.host == "proxy.local":
+            self.fire("local_page")
+            self.ctx.serve_local(self, request)
+            return
+        if has_via_loop(request.headers, self.config.via_pseudonym):
+            self.fire("denied")
+            self.answer_error(508, "forwarding loop: this request already passed through us")
+            return
+        refusal = self.ctx.refusal(self, request, target)
+        if refusal is not None:
+            status, detail, extra = refusal
+            self.fire("denied")
+            self.answer_error(status, detail, result="TCP_DENIED", extra=extra)
+            return
+        if request.method == "CONNECT":
+            # Don't read what the client sends next until the tunnel exists.
+            assert self.transport is not None
+            self.transport.pause_reading()
+            self.fire("allowed")
+            self.resolve()
+            return
+        if self.ctx.cache_step is not None and request.method in ("GET", "HEAD"):
+            self.fire("cacheable")
+            self.ctx.cache_step.look_up(self)
+            return
+        self.find_upstream("allowed")
+
+    # -- RESOLVING and CONNECTING ----------------------------------------------------------------
+
+    def find_upstream(self, trigger: str) -> None:
+        """Borrow an idle origin connection, or fire *trigger* (towards RESOLVING) and dial."""
+        assert self.target is not None
+        upstream = self.ctx.pool.acquire((self.target.host, self.target.port))
+        if upstream is not None:
+            self.fire("pooled_upstream")
+            self.start_exchange(upstream)
+            return
+        self.fire(trigger)
+        self.resolve()
+
+    def resolve(self) -> None:
+        """Look the target's host up (off the loop for names) under the connect deadline."""
+        assert self.target is not None
+        self._deadline = self.reactor.time() + self.config.connect_timeout
+        self._arm_timer(self.config.connect_timeout, self._connect_timed_out)
+        self._pending = self.ctx.resolver.resolve(
+            self.target.host, self.target.port, self._resolved
+        )
+
+    @guarded
+    def _resolved(self, addresses: list[Address] | None, error: BaseException | None) -> None:
+        self._pending = None
+        assert self.target is not None
+        if not addresses:
+            self._cancel_timer()
+            self.fire("resolve_failed")
+            self.answer_error(502, f"cannot resolve host {self.target.host!r}: {_describe(error)}")
+            return
+        refusal = self.ctx.address_refusal(addresses)
+        if refusal is not None:
+            self._cancel_timer()
+            self.fire("resolve_failed")
+            self.answer_error(403, refusal, result="TCP_DENIED")
+            return
+        self.fire("resolved")
+        remaining = max(0.001, self._deadline - self.reactor.time())
+        self._pending = connect(self.reactor, addresses, self._connected, remaining)
+
+    @guarded
+    def _connect_timed_out(self) -> None:
+        self._timer = None
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        if self.state in (S.RESOLVING, S.CONNECTING):
+            self._connect_failed(TimeoutError("connect deadline passed"))
+
+    @guarded
+    def _connected(self, sock: socket.socket | None, error: BaseException | None) -> None:
+        self._pending = None
+        self._cancel_timer()
+        if sock is None:
+            self._connect_failed(error)
+            return
+        assert self.target is not None and self.request is not None
+        if self.request.method == "CONNECT":
+            self._open_tunnel(sock)
+            return
+        upstream = Upstream((self.target.host, self.target.port), self.ctx.limits, self.ctx.pool)
+        # Set now, not in connection_made (next tick): the request head is written right away.
+        upstream.transport = Transport(self.reactor, sock, upstream)
+        self.fire("connected")
+        self.start_exchange(upstream)
+
+    def _connect_failed(self, error: BaseException | None) -> None:
+        assert self.target is not None
+        if self.state is S.RESOLVING:
+            self.fire("resolve_failed")
+        else:
+            self.fire("connect_failed")
+        where = f"{self.target.host}:{self.target.port}"
+        if isinstance(error, TimeoutError):
+            self.answer_error(504, f"connecting to {where} took longer than the deadline")
+        else:
+            self.answer_error(502, f"cannot connect to {where}: {_describe(error)}")
+
+    # -- FORWARDING and RELAYING_RESPONSE (see proxy.forward) ------------------------------------
+
+    def start_exchange(self, upstream: Upstream) -> None:
+        """Forward the current request over *upstream* (FORWARDING)."""
+        from .forward import Exchange
+
+        assert self.request is not None and self.target is not None
+        plan = self.cache_plan
+        if plan is not None:
+            plan.request_time = self.ctx.stats.clock()
+        self.exchange = Exchange(
+            self, upstream, self.request, self.target, plan.conditional if plan else None
+        )
+        if self.ctx.cache_step is not None:
+            self.exchange.on_head = self.ctx.cache_step.on_response_head
+        self.exchange.start()
+
+    def retry_on_fresh_connection(self) -> bool:
+        """A reused origin connection died before answering: dial a new one, once."""
+        if self._retried:
+            return False
+        self._retried = True
+        self.exchange = None
+        self.fire("retry_fresh_connection")
+        self.resolve()
+        return True
+
+    def send(self, data: bytes) -> None:
+        """Write response bytes to the client, counting them."""
+        if self.transport is not None and data:
+            self.response_started = True
+            self.bytes_sent += len(data)
+            self.ctx.stats.bytes_to_clients += len(data)
+            self.transport.write(data)
+
+    def exchange_finished(self, reusable: bool) -> None:
+        """The response is complete: log it and read the next request or close."""
+        self.exchange = None
+        self.finish_request(reusable)
+
+    def upstream_failed_midway(self) -> None:
+        """The origin vanished mid-body: reset the client, never fake a complete message."""
+        self.exchange = None
+        self.result = self.result + "_ABORTED"
+        self.fire("upstream_failed")
+        self.log_request()
+        if self.transport is not None:
+            self.transport.abort(ConnectionAbortedError("origin closed mid-response"))
+
+    # -- TUNNEL_OPEN -----------------------------------------------------------------------------
+
+    def _open_tunnel(self, sock: socket.socket) -> None:
+        assert self.transport is not None
+        upstream_transport = Transport(self.reactor, sock, Protocol())
+        self.fire("tunnel_connected")
+        self.status = 200
+        self.result = "TCP_TUNNEL"
+        self.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        self.start_tunnel(upstream_transport, self.parser.take_trailing_data())
+
+    def start_tunnel(self, upstream: Transport, early_up: bytes, early_down: bytes = b"") -> None:
+        """Join the client and *upstream* transports into a byte relay."""
+        assert self.transport is not None
+        self.tunnel = Tunnel(
+            self.reactor,
+            self.transport,
+            upstream,
+            idle_timeout=self.config.idle_timeout,
+            on_closed=self._tunnel_closed,
+        )
+        self.tunnel.start(early_up, early_down)
+
+    @guarded
+    def _tunnel_closed(self, tunnel: Tunnel, exc: BaseException | None) -> None:
+        self.bytes_sent += tunnel.bytes_down
+        self.ctx.stats.bytes_to_clients += tunnel.bytes_down
+        self.ctx.stats.bytes_from_clients += tunnel.bytes_up
+        self.tunnel = None
+        self.log_request()
+        self.fire("tunnel_closed")
+        self.fire("closed")
+        self.ctx.session_closed(self)
+
+    # -- ANSWERING: responses the proxy writes itself --------------------------------------------
+
+    def answer(
+        self,
+        status: int,
+        body: bytes,
+        *,
+        content_type: str = "text/html; charset=utf-8",
+        close: bool = False,
+        result: str = "NONE",
+        extra: Headers | None = None,
+    ) -> None:
+        """Write a complete local response and finish the request."""
+        request = self.request
+        reusable = (
+            not close
+            and request is not None
+            and request.method != "CONNECT"
+            and self._skip_request_body()
+            and self._client_wants_more(request)
+        )
+        self.status = status
+        self.result = result
+        head_only = request is not None and request.method == "HEAD"
+        self.send(
+            simple_response(
+                status,
+                body,
+                content_type=content_type,
+                close=not reusable,
+                head_only=head_only,
+                extra=extra,
+            )
+        )
+        self.finish_request(reusable)
+
+    def answer_error(
+        self,
+        status: int,
+        detail: str,
+        *,
+        close: bool = False,
+        result: str = "NONE",
+        extra: Headers | None = None,
+    ) -> None:
+        """Answer with a short error page naming *detail*; it is logged too."""
+        if status >= 500 or status == 408:
+            log.info("%s %s: %d %s", self.client, self._request_label(), status, detail)
+        self.answer(status, error_page(status, detail), close=close, result=result, extra=extra)
+
+    def _skip_request_body(self) -> bool:
+        """Consume the rest of a request we will not forward; False if it has not all arrived."""
+        while True:
+            try:
+                event = self.parser.next_event()
+            except ProtocolError:
+                return False
+            if isinstance(event, EndOfMessage):
+                return True
+            if event is NEED_DATA or not hasattr(event, "data"):
+                return False
+
+    def _client_wants_more(self, request: Request) -> bool:
+        return (
+            keep_alive(request.version, request.headers)
+            and not self.client_eof
+            and not self.ctx.shutting_down
+        )
+
+    def client_keeps_alive(self) -> bool:
+        """Whether the client connection may carry another request after this one."""
+        return self.request is not None and self._client_wants_more(self.request)
+
+    # -- finishing -------------------------------------------------------------------------------
+
+    def finish_request(self, reusable: bool) -> None:
+        """Log the request, then go back to READING_REQUEST or close."""
+        self.log_request()
+        if reusable:
+            self.fire("response_done")
+            self.request = None
+            self._arm_request_timer()
+            assert self.transport is not None
+            self.transport.resume_reading()
+            if self.parser.buffered:
+                self.reactor.call_soon(self._continue_pipeline)
+        else:
+            self.fire("response_done_close")
+            self._close()
+
+    @guarded
+    def _continue_pipeline(self) -> None:
+        if self.state is S.READING_REQUEST:
+            self.read_request()
+
+    def log_request(self) -> None:
+        """Write the access-log line of the current request (once) and release its cache plan."""
+        if self.logged:
+            return
+        self.logged = True
+        if self.cache_plan is not None and self.ctx.cache_step is not None:
+            self.ctx.cache_step.request_ended(self)
+        request = self.request
+        url = self.target.url if self.target is not None else (request.target if request else "-")
+        if request is not None and request.method == "CONNECT" and self.target is not None:
+            url = f"{self.target.host}:{self.target.port}"
+        self.ctx.stats.finished(
+            RequestRecord(
+                at=self.ctx.stats.clock(),
+                client=self.client,
+                method=request.method if request else "-",
+                url=url,
+                status=self.status,
+                bytes_sent=self.bytes_sent,
+                duration=self.reactor.time() - self.started,
+                result=self.result,
+            )
+        )
+
+    def _request_label(self) -> str:
+        if self.request is None:
+            return "-"
+        return f"{self.request.method} {self.request.target[:200]}"
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    def shutdown(self) -> None:
+        """The proxy is stopping: close now if idle, else finish the exchange and close."""
+        if self.state is S.READING_REQUEST and not self.parser.buffered:
+            self.fire("shutdown")
+            self._close()
+
+    def abort(self) -> None:
+        """Drop the connection now (end of the shutdown grace period)."""
+        if self.tunnel is not None:
+            self.tunnel.abort()
+        elif self.transport is not None:
+            self.transport.abort()
+
+    def internal_error(self, exc: BaseException) -> None:
+        """A bug surfaced while serving this client: 500 if we can, else reset."""
+        log.error("internal error serving %s %s", self.client, self._request_label(), exc_info=exc)
+        if self.exchange is not None:
+            self.exchange.client_lost()
+            self.exchange = None
+        if self.state is S.CLOSED:
+            return
+        if self.state is not S.CLOSING:
+            self.fire("internal_error")
+        if not self.response_started and self.transport is not None:
+            self.status = 500
+            self.send(
+                simple_response(500, error_page(500, "internal error in the proxy"), close=True)
+            )
+            self.log_request()
+            self._close()
+        elif self.transport is not None:
+            self.transport.abort(exc)
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def _arm_timer(self, delay: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = self.reactor.call_later(delay, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _describe(error: BaseException | None) -> str:
+    if error is None:
+        return "no address"
+    if isinstance(error, socket.gaierror):
+        return error.strerror or str(error)
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__

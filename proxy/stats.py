@@ -1,0 +1,131 @@
+"""Counters, the access log, and the recent-requests table.
+
+Theory of operation
+-------------------
+Observability must cost nothing on the hot path beyond integer increments: the relay loop adds
+byte counts, :meth:`Stats.moved` shifts one connection between state counters, and each finished
+request writes exactly one access-log line (never one per chunk). Everything else, rates and
+ratios, is derived when somebody asks (the status page, ``/stats.json``).
+
+The access-log line follows Squid's spirit with fixed fields separated by spaces::
+
+    127.0.0.1:53412 GET http://example.com/ 200 1520 12ms TCP_MISS
+
+client address, method, URL, status, body bytes sent to the client, duration, result code.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .states import SessionState
+
+access_log = logging.getLogger("proxy.access")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """One finished request, as the access log and the status page show it."""
+
+    at: float
+    client: str
+    method: str
+    url: str
+    status: int
+    bytes_sent: int
+    duration: float
+    result: str
+
+    def log_line(self) -> str:
+        """The access-log line for this request."""
+        return (
+            f"{self.client} {self.method} {self.url} {self.status} {self.bytes_sent} "
+            f"{self.duration * 1000:.0f}ms {self.result}"
+        )
+
+
+class Stats:
+    """Live counters of one proxy instance (owned by the reactor thread)."""
+
+    def __init__(self, clock: Any = time.time, recent: int = 50) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.states: collections.Counter[SessionState] = collections.Counter()
+        self.connections_total = 0
+        self.requests_total = 0
+        self.bytes_from_clients = 0
+        self.bytes_to_clients = 0
+        self.statuses: collections.Counter[int] = collections.Counter()
+        self.results: collections.Counter[str] = collections.Counter()
+        self.recent: collections.deque[RequestRecord] = collections.deque(maxlen=recent)
+        self._rate_window: collections.deque[float] = collections.deque(maxlen=4096)
+        self.blocklist_rules = 0
+        self.blocklist_reload: dict[str, Any] = {}
+
+    def moved(self, old: SessionState | None, new: SessionState) -> None:
+        """A connection moved from *old* (None: just accepted) to *new*."""
+        if old is not None:
+            self.states[old] -= 1
+        else:
+            self.connections_total += 1
+        self.states[new] += 1
+
+    def finished(self, record: RequestRecord) -> None:
+        """Count a finished request and write its access-log line."""
+        self.requests_total += 1
+        self.statuses[record.status] += 1
+        self.results[record.result] += 1
+        self.recent.append(record)
+        self._rate_window.append(record.at)
+        access_log.info("%s", record.log_line())
+
+    def requests_per_second(self, window: float = 5.0) -> float:
+        """Requests finished per second over the last *window* seconds."""
+        now = self.clock()
+        count = sum(1 for at in self._rate_window if now - at <= window)
+        return count / window
+
+    @property
+    def open_connections(self) -> int:
+        """Connections not yet closed."""
+        return sum(n for state, n in self.states.items() if state is not SessionState.CLOSED)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter as plain JSON-ready data."""
+        return {
+            "uptime_seconds": round(self.clock() - self.started, 3),
+            "connections": {
+                "open": self.open_connections,
+                "total": self.connections_total,
+                "by_state": {
+                    state.name: self.states.get(state, 0)
+                    for state in SessionState
+                    if state is not SessionState.CLOSED
+                },
+            },
+            "requests": {
+                "total": self.requests_total,
+                "per_second": round(self.requests_per_second(), 2),
+                "by_status": {str(k): v for k, v in sorted(self.statuses.items())},
+                "by_result": dict(sorted(self.results.items())),
+            },
+            "bytes": {"from_clients": self.bytes_from_clients, "to_clients": self.bytes_to_clients},
+            "blocklist": {"rules": self.blocklist_rules, "last_reload": self.blocklist_reload},
+            "recent": [
+                {
+                    "at": round(r.at, 3),
+                    "client": r.client,
+                    "method": r.method,
+                    "url": r.url,
+                    "status": r.status,
+                    "bytes": r.bytes_sent,
+                    "ms": round(r.duration * 1000, 1),
+                    "result": r.result,
+                }
+                for r in reversed(self.recent)
+            ],
+        }

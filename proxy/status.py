@@ -1,0 +1,140 @@
+"""The proxy's own pages: a live dashboard, ``/stats.json`` and ``/proxy.pac``.
+
+Theory of operation
+-------------------
+A request whose target is origin-form (``GET / HTTP/1.1`` sent straight to the proxy's port) or
+names the reserved host ``proxy.local`` (or the proxy's own address) is for the proxy itself,
+not for an origin. Such requests are answered here from counters the reactor already keeps
+(:class:`proxy.stats.Stats`), so watching the proxy costs the hot path nothing extra.
+
+The dashboard is one self-contained HTML page: no CDN, no web fonts, a few lines of script that
+fetch ``/stats.json`` every second and redraw. It works in an offline classroom. Everything is
+read-only; only clients allowed to use the proxy can reach it, since they pass the same
+admission checks as any other request.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from .http11 import Request
+
+if TYPE_CHECKING:
+    from .app import ProxyContext
+    from .session import ClientSession
+
+
+def stats_document(ctx: ProxyContext) -> dict:
+    """Every number the dashboard shows, as JSON-ready data."""
+    doc = ctx.stats.snapshot()
+    step = ctx.cache_step
+    if step is not None:
+        doc["cache"] = step.snapshot()
+    else:
+        doc["cache"] = {"enabled": False}
+    doc["upstream_pool"] = {"idle": len(ctx.pool), "reuses": ctx.pool.reuses}
+    return doc
+
+
+def pac_file(host: str, port: int) -> str:
+    """A proxy auto-config script sending every request through this proxy."""
+    return f'function FindProxyForURL(url, host) {{\n  return "PROXY {host}:{port}";\n}}\n'
+
+
+def serve_status(ctx: ProxyContext, session: ClientSession, request: Request) -> None:
+    """Answer a request addressed to the proxy itself."""
+    target = request.target
+    path = target if target.startswith("/") else (urlsplit(target).path or "/")
+    if request.method not in ("GET", "HEAD"):
+        session.answer_error(405, "the proxy's own pages are read-only", result="TCP_LOCAL")
+        return
+    if path == "/stats.json":
+        body = json.dumps(stats_document(ctx), indent=1).encode()
+        session.answer(200, body, content_type="application/json", result="TCP_LOCAL")
+    elif path == "/proxy.pac":
+        host, port = next(iter(sorted(ctx.own_addresses)))
+        if host in ("0.0.0.0", "::"):
+            host = request.headers.get("host", "127.0.0.1").rsplit(":", 1)[0]
+        session.answer(
+            200,
+            pac_file(host, port).encode(),
+            content_type="application/x-ns-proxy-autoconfig",
+            result="TCP_LOCAL",
+        )
+    elif path in ("/", "/index.html"):
+        session.answer(200, DASHBOARD.encode(), result="TCP_LOCAL")
+    else:
+        session.answer_error(404, f"the proxy has no page {path!r}", result="TCP_LOCAL")
+
+
+DASHBOARD = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>minireactor proxy</title>
+<style>
+body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
+h1{font-size:1.4em;margin:0 0 .5em} h2{font-size:1.05em;margin:1.2em 0 .4em}
+.cards{display:flex;flex-wrap:wrap;gap:.6em}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:.5em .8em;min-width:9em}
+.card b{display:block;font-size:1.5em}
+table{border-collapse:collapse;background:#fff} td,th{border:1px solid #ddd;padding:.2em .5em}
+th{background:#eee;text-align:left} .bar{background:#4a8;height:.8em;display:inline-block}
+code{font-size:.9em}
+</style></head>
+<body><h1>minireactor proxy</h1>
+<div class="cards">
+<div class="card">open connections<b id="open">-</b></div>
+<div class="card">requests/s<b id="rps">-</b></div>
+<div class="card">requests<b id="total">-</b></div>
+<div class="card">bytes in<b id="bin">-</b></div>
+<div class="card">bytes out<b id="bout">-</b></div>
+<div class="card">cache hit ratio<b id="hit">-</b></div>
+<div class="card">cache entries<b id="centries">-</b></div>
+<div class="card">blocklist rules<b id="rules">-</b></div>
+<div class="card">uptime<b id="uptime">-</b></div>
+</div>
+<h2>Connections by session state</h2><table id="states"></table>
+<h2>Responses by status</h2><p id="statuses">-</p>
+<p>Last blocklist reload: <span id="reload">-</span></p>
+<h2>Recent requests</h2>
+<table id="recent"><tr><th>client</th><th>method</th><th>URL</th><th>status</th>
+<th>bytes</th><th>ms</th><th>result</th></tr></table>
+<script>
+const ENT={"&":"&amp;","<":"&lt;",">":"&gt;",'"':"&quot;"};
+function esc(s){return String(s).replace(/[&<>"]/g,c=>ENT[c]);}
+function size(n){const u=["B","KiB","MiB","GiB"];let i=0;while(n>=1024&&i<3){n/=1024;i++;}
+return (i?n.toFixed(1):n)+" "+u[i];}
+function show(d){
+ document.getElementById("open").textContent=d.connections.open;
+ document.getElementById("rps").textContent=d.requests.per_second;
+ document.getElementById("total").textContent=d.requests.total;
+ document.getElementById("bin").textContent=size(d.bytes.from_clients);
+ document.getElementById("bout").textContent=size(d.bytes.to_clients);
+ const c=d.cache;
+ document.getElementById("hit").textContent=c.enabled?(100*c.hit_ratio).toFixed(1)+" %":"off";
+ document.getElementById("centries").textContent=c.enabled?c.entries+" ("+size(c.bytes)+")":"off";
+ document.getElementById("rules").textContent=d.blocklist.rules;
+ document.getElementById("uptime").textContent=Math.round(d.uptime_seconds)+" s";
+ const r=d.blocklist.last_reload;
+ document.getElementById("reload").textContent=r&&r.at?new Date(r.at*1000).toLocaleTimeString()+
+  " "+(r.ok?"ok":"failed")+": "+r.message:"none yet";
+ let max=1;for(const v of Object.values(d.connections.by_state))max=Math.max(max,v);
+ let rows="<tr><th>state</th><th>connections</th><th></th></tr>";
+ for(const[k,v]of Object.entries(d.connections.by_state))
+  rows+="<tr><td><code>"+k+"</code></td><td>"+v+"</td><td><span class=bar style='width:"+
+   (120*v/max)+"px'></span></td></tr>";
+ document.getElementById("states").innerHTML=rows;
+ document.getElementById("statuses").textContent=Object.entries(d.requests.by_status)
+  .map(([k,v])=>k+": "+v).join(", ")||"none yet";
+ let rec="<tr><th>client</th><th>method</th><th>URL</th><th>status</th><th>bytes</th>"+
+  "<th>ms</th><th>result</th></tr>";
+ for(const x of d.recent)rec+="<tr><td>"+esc(x.client)+"</td><td>"+esc(x.method)+"</td><td>"+
+  esc(x.url)+"</td><td>"+x.status+"</td><td>"+x.bytes+"</td><td>"+x.ms+"</td><td>"+
+  esc(x.result)+"</td></tr>";
+ document.getElementById("recent").innerHTML=rec;
+}
+function tick(){fetch("/stats.json",{cache:"no-store"}).then(r=>r.json()).then(show)
+ .catch(()=>{}).finally(()=>setTimeout(tick,1000));}
+tick();
+</script></body></html>
+"""
