@@ -45,6 +45,7 @@ class ConnectAttempt:
         self._last_error: BaseException | None = None
         self._done = False
         self._lookup: Any = None
+        self._report: Any = None
         self._timer = reactor.call_later(timeout, self._on_deadline, timeout)
 
     def start(self, addresses: list[Address]) -> None:
@@ -105,6 +106,12 @@ class ConnectAttempt:
             return
         self._done = True
         self._timer.cancel()
+        # Always report on a later tick, never inside connect(): callers may still be storing
+        # the attempt object when an immediate failure would otherwise call them back.
+        self._report = self.reactor.call_soon(self._deliver, sock, exc)
+
+    def _deliver(self, sock: socket.socket | None, exc: BaseException | None) -> None:
+        self._report = None
         self._callback(sock, exc)
 
     def _on_deadline(self, timeout: float) -> None:
@@ -121,6 +128,14 @@ class ConnectAttempt:
 
     def cancel(self) -> None:
         """Abandon the attempt: no callback will run and nothing stays open."""
+        if self._report is not None:
+            # Finished but not yet reported: drop the report and anything it would hand over.
+            self._report.cancel()
+            sock = self._report.args[0]
+            if sock is not None:
+                sock.close()
+            self._report = None
+            return
         if self._done:
             return
         self._done = True
