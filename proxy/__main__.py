@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
 
 from . import __version__
@@ -62,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     net = parser.add_argument_group("listening")
     net.add_argument("--host", default=defaults.host, help="address to listen on (%(default)s)")
     net.add_argument("--port", type=int, default=defaults.port, help="TCP port (%(default)s)")
+    net.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.workers,
+        help="reactor processes sharing the port with SO_REUSEPORT (%(default)s)",
+    )
     net.add_argument(
         "--max-conns",
         type=int,
@@ -136,6 +144,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         port=args.port,
         blacklist=args.blacklist,
         max_conns=args.max_conns,
+        workers=args.workers,
         connect_ports=args.connect_ports,
         allow=tuple(args.allow),
         deny_private=args.deny_private,
@@ -166,6 +175,16 @@ def main(argv: list[str] | None = None) -> int:
             "listening on %s with no --allow: anyone who can reach this machine may use the proxy",
             config.host,
         )
+    if config.workers < 1:
+        parser.error("--workers must be at least 1")
+    if config.workers > 1:
+        if config.port == 0:
+            parser.error("--workers needs a fixed --port: each worker binds it with SO_REUSEPORT")
+        return _run_workers(config)
+    return _serve(config)
+
+
+def _serve(config: Config, worker: int | None = None) -> int:
     from .app import ProxyServer
 
     server = ProxyServer(config)
@@ -178,16 +197,46 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     host, port = server.address
     rules = len(server.ctx.blocklist)
+    who = f" worker {worker}" if worker is not None else ""
     print(
-        f"proxy {__version__} listening on http://{host}:{port} "
+        f"proxy {__version__}{who} listening on http://{host}:{port} "
         f"(blocklist {config.blacklist}: {rules} rules, cache "
         f"{'on' if config.cache_enabled else 'off'}); Ctrl-C stops",
         file=sys.stderr,
         flush=True,
     )
     server.run()
-    print("proxy stopped", file=sys.stderr)
+    print(f"proxy{who} stopped", file=sys.stderr)
     return 0
+
+
+def _run_workers(config: Config) -> int:
+    """Fork one single-threaded reactor per worker; the kernel spreads connections over them."""
+    children: list[int] = []
+    for worker in range(config.workers):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _serve(config, worker)
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        signal.signal(getattr(signal, name), forward)
+    status = 0
+    for pid in children:
+        _, code = os.waitpid(pid, 0)
+        status = status or os.waitstatus_to_exitcode(code)
+    return status
 
 
 if __name__ == "__main__":

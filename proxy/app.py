@@ -174,7 +174,13 @@ class ProxyServer:
         if self._sock is not None:
             self.server = Server(self.reactor, self._sock, self._accept)
         else:
-            self.server = listen(self.reactor, config.host, config.port, self._accept)
+            self.server = listen(
+                self.reactor,
+                config.host,
+                config.port,
+                self._accept,
+                reuse_port=config.workers > 1,
+            )
         host, port = self.server.address
         self.ctx.own_addresses.add((host, port))
         if host in ("0.0.0.0", "::"):

@@ -60,6 +60,8 @@ class Config:
     shutdown_grace: float = 5.0
     """Seconds in-flight exchanges get to finish on Ctrl-C/SIGTERM."""
 
+    workers: int = 1
+    """Reactor processes sharing the port with ``SO_REUSEPORT``; each has its own cache."""
     max_conns: int = 1024
     """Concurrent client connections; beyond it new clients wait in the listen backlog."""
     max_idle_upstreams_per_host: int = 16
