@@ -248,7 +248,7 @@ class CacheStep:
         headers = strip_hop_by_hop(headers)
         add_via(headers, "HTTP/1.1", session.config.via_pseudonym)
         headers.add("Cache-Status", cache_status)
-        reusable = session.client_keeps_alive()
+        reusable = session.finish_reading_request() and session.client_keeps_alive()
         if not reusable:
             headers.add("Connection", "close")
         elif request.version == "HTTP/1.0":

@@ -133,6 +133,7 @@ class Exchange:
             elif isinstance(event, EndOfMessage):
                 self.upstream.write(self.request_writer.end(event.trailers))
                 self.request_done = True
+                self.session.request_fully_read = True
             else:
                 raise RuntimeError(f"unexpected {event!r} in a request body")
 

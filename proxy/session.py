@@ -37,6 +37,7 @@ from minireactor.timers import TimerHandle
 
 from .http11 import (
     NEED_DATA,
+    PAUSED,
     ConnectionClosed,
     EndOfMessage,
     Headers,
@@ -95,6 +96,7 @@ class ClientSession(Protocol):
         self.client_ip = ""
         self.client_eof = False
         self.request: Request | None = None
+        self.request_fully_read = False
         self.target: Target | None = None
         self.exchange: Exchange | None = None
         self.tunnel: Tunnel | None = None
@@ -203,6 +205,10 @@ class ClientSession(Protocol):
             return
         try:
             event = self.parser.next_event()
+            if event is PAUSED:
+                # The previous request asked to upgrade and the origin declined: plain HTTP goes on.
+                self.parser.resume()
+                event = self.parser.next_event()
         except ProtocolError as exc:
             self._cancel_timer()
             self.fire("bad_request")
@@ -224,6 +230,7 @@ class ClientSession(Protocol):
         self._waiting_for_head = False
         self._begin_request_bookkeeping()
         self.request = event
+        self.request_fully_read = event.method == "CONNECT"
         self.target = None
         self._retried = False
         self.fire("head_received")
@@ -470,7 +477,7 @@ class ClientSession(Protocol):
             not close
             and request is not None
             and request.method != "CONNECT"
-            and self._skip_request_body()
+            and self.finish_reading_request()
             and self._client_wants_more(request)
         )
         self.status = status
@@ -502,17 +509,23 @@ class ClientSession(Protocol):
             log.info("%s %s: %d %s", self.client, self._request_label(), status, detail)
         self.answer(status, error_page(status, detail), close=close, result=result, extra=extra)
 
-    def _skip_request_body(self) -> bool:
-        """Consume the rest of a request we will not forward; False if it has not all arrived."""
-        while True:
+    def finish_reading_request(self) -> bool:
+        """Consume what is left of the current request; False if it has not all arrived.
+
+        Idempotent: once the request's end was seen (here or by the exchange forwarding its
+        body) it returns True without touching the parser, which may already hold the next
+        pipelined request.
+        """
+        while not self.request_fully_read:
             try:
                 event = self.parser.next_event()
             except ProtocolError:
                 return False
             if isinstance(event, EndOfMessage):
-                return True
-            if event is NEED_DATA or not hasattr(event, "data"):
+                self.request_fully_read = True
+            elif event is NEED_DATA or not hasattr(event, "data"):
                 return False
+        return True
 
     def _client_wants_more(self, request: Request) -> bool:
         return (
