@@ -187,7 +187,8 @@ class ProxyServer:
             self.ctx.own_addresses.update({("127.0.0.1", port), ("::1", port)})
         if config.watch_blacklist:
             self.watcher = BlocklistWatcher(config.blacklist, self._blocklist_from_thread)
-            self.ctx.set_blocklist(self.watcher.start())
+            initial = self.watcher.start()
+            self.ctx.set_blocklist(initial, self.watcher.last_report)
         else:
             from .blocklist import parse
 

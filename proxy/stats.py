@@ -11,7 +11,8 @@ The access-log line follows Squid's spirit with fixed fields separated by spaces
 
     127.0.0.1:53412 GET http://example.com/ 200 1520 12ms TCP_MISS
 
-client address, method, URL, status, body bytes sent to the client, duration, result code.
+client address, method, URL, status, bytes sent to the client (head and body), duration,
+result code.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Stats:
         self.states: collections.Counter[SessionState] = collections.Counter()
         self.connections_total = 0
         self.requests_total = 0
+        self.local_requests = 0
         self.bytes_from_clients = 0
         self.bytes_to_clients = 0
         self.statuses: collections.Counter[int] = collections.Counter()
@@ -75,13 +77,20 @@ class Stats:
         self.states[new] += 1
 
     def finished(self, record: RequestRecord) -> None:
-        """Count a finished request and write its access-log line."""
+        """Count a finished request and write its access-log line.
+
+        Requests for the proxy's own pages are logged and counted apart (``local``): the
+        dashboard polls every second and would otherwise fill the table with itself.
+        """
+        access_log.info("%s", record.log_line())
+        if record.result == "TCP_LOCAL":
+            self.local_requests += 1
+            return
         self.requests_total += 1
         self.statuses[record.status] += 1
         self.results[record.result] += 1
         self.recent.append(record)
         self._rate_window.append(record.at)
-        access_log.info("%s", record.log_line())
 
     def requests_per_second(self, window: float = 5.0) -> float:
         """Requests finished per second over the last *window* seconds."""
@@ -109,6 +118,8 @@ class Stats:
             },
             "requests": {
                 "total": self.requests_total,
+                "local": self.local_requests,
+                "errors": sum(n for status, n in self.statuses.items() if status >= 400),
                 "per_second": round(self.requests_per_second(), 2),
                 "by_status": {str(k): v for k, v in sorted(self.statuses.items())},
                 "by_result": dict(sorted(self.results.items())),
