@@ -15,11 +15,11 @@ transport hides the first problem and makes the second visible:
   wires these *across* connections: the client's buffer filling pauses reading from the origin,
   so memory stays bounded by the water marks, not by the size of the download. The gap between
   the marks (hysteresis) stops the pair from flapping on every chunk.
-* **Half-close.** :meth:`write_eof` sends FIN after the buffer drains (``shutdown(SHUT_WR)``)
+* **Half-close.** :meth:`Transport.write_eof` sends FIN after the buffer drains (``shutdown(SHUT_WR)``)
   while reading goes on: a tunnel must pass one side's EOF to the other without dropping
   the reply still coming back.
-* **Two ways to end.** :meth:`close` stops reading and closes once the buffer is flushed;
-  :meth:`abort` drops the buffer and closes now. Either way the protocol hears exactly one
+* **Two ways to end.** :meth:`Transport.close` stops reading and closes once the buffer is flushed;
+  :meth:`Transport.abort` drops the buffer and closes now. Either way the protocol hears exactly one
   ``connection_lost``, scheduled with ``call_soon`` so it never runs inside another callback.
 * **Faults stay local.** An exception raised by the protocol while handling this connection's
   data is logged with its traceback and aborts *this* connection; the loop serves the others.
@@ -102,7 +102,7 @@ class Transport:
 
     @property
     def is_closing(self) -> bool:
-        """True once :meth:`close` or :meth:`abort` has been called."""
+        """True once :meth:`Transport.close` or :meth:`Transport.abort` has been called."""
         return self._closing or self._closed
 
     @property

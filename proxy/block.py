@@ -64,12 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add = sub.add_parser("add", help="append rules that are not present yet")
-    add.add_argument("rules", nargs="+", metavar="RULE")
+    add.add_argument("rules", nargs="+", metavar="RULE", help="a rule, e.g. example.com")
     remove = sub.add_parser("remove", help="remove the lines holding these rules")
-    remove.add_argument("rules", nargs="+", metavar="RULE")
+    remove.add_argument("rules", nargs="+", metavar="RULE", help="a rule as it was added")
     sub.add_parser("list", help="print the rules with line numbers, and invalid lines")
     check = sub.add_parser("check", help="tell whether a URL (or host:port) is blocked")
-    check.add_argument("url", metavar="URL")
+    check.add_argument("url", metavar="URL", help="an absolute URL or a host:port")
     return parser
 
 

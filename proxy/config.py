@@ -69,7 +69,7 @@ class Config:
     connect_ports: frozenset[int] = field(default_factory=lambda: frozenset({443}))
     """Ports CONNECT may reach (Squid's SSL_ports idea)."""
     allow: tuple[str, ...] = ()
-    """Client networks allowed (CIDR); empty means only loopback... or anyone on loopback bind."""
+    """Client networks allowed (CIDR); empty admits any client that can reach the socket."""
     deny_private: bool = False
     """Refuse targets in loopback, link-local and private ranges."""
     auth_file: str | None = None
