@@ -528,9 +528,10 @@ class ClientSession(Protocol):
         return True
 
     def _client_wants_more(self, request: Request) -> bool:
+        # After the client's EOF, requests it pipelined before it are still answered.
         return (
             keep_alive(request.version, request.headers)
-            and not self.client_eof
+            and (not self.client_eof or self.parser.buffered > 0)
             and not self.ctx.shutting_down
         )
 

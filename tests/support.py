@@ -29,6 +29,9 @@ class OriginHandler(http.server.BaseHTTPRequestHandler):
     """A keep-alive HTTP/1.1 origin whose answers are chosen by path."""
 
     protocol_version = "HTTP/1.1"
+    # http.server writes head and body separately; without NODELAY every keep-alive request
+    # waits ~40 ms for Nagle and delayed ACKs, which is the origin's slowness, not the proxy's.
+    disable_nagle_algorithm = True
     server: OriginServer
 
     def log_message(self, *args: object) -> None:
@@ -257,7 +260,11 @@ def recv_until_closed(sock: socket.socket, limit: int = 64 * 1024 * 1024) -> byt
 
 
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """Read one Content-Length or chunked response from a raw socket (test helper)."""
+    """Read one Content-Length or chunked response from a raw socket (test helper).
+
+    Bytes after the body are discarded, so it cannot read pipelined answers that arrive
+    together; tests of pipelining use their own reader.
+    """
     buf = b""
     while b"\r\n\r\n" not in buf:
         data = sock.recv(65536)
@@ -294,3 +301,12 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
             break
         rest += data
     return status, headers, rest[:length]
+
+
+def _big_cacheable(h: OriginHandler) -> None:
+    # A cacheable body of any size, to test the object-size limit and eviction.
+    size = int(h.query.get("size", "65536"))
+    h.reply(200, b"c" * size, {"Cache-Control": "max-age=60"}, "application/octet-stream")
+
+
+ROUTES["/big-cacheable"] = _big_cacheable

@@ -1,0 +1,144 @@
+"""``python -m proxy`` as a user runs it: a real child process, real flags, real signals."""
+
+from __future__ import annotations
+
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import require_program
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def free_port() -> int:
+    # Bound and closed again: a tiny race with other programs, acceptable on a test machine.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_version():
+    out = run_cli("--version")
+    assert out.returncode == 0
+    assert out.stdout.startswith("python -m proxy ")
+
+
+def test_help():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for flag in ("--port", "--blacklist", "--no-cache", "--connect-timeout"):
+        assert flag in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--no-such-flag"], ["--port", "eighty"], ["--cache-size", "lots"], ["--idle-timeout", "0"]],
+)
+def test_bad_flag_exits_2_with_one_line_error(args):
+    out = run_cli(*args)
+    assert out.returncode == 2
+    errors = [line for line in out.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, out.stderr
+    assert "Traceback" not in out.stderr
+
+
+class Child:
+    """A proxy process whose stderr lines are collected by a thread."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", *args],
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+
+    def wait_for(self, needle: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.seen.append(line)
+            if needle in line:
+                return line
+        raise AssertionError(f"no {needle!r} on stderr: {self.seen}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+def test_serves_then_stops_on_sigterm(origin, tmp_path):
+    curl = require_program("curl")
+    blacklist = tmp_path / "blacklist.txt"
+    blacklist.write_text("")
+    port = free_port()
+    child = Child("--port", str(port), "--blacklist", str(blacklist))
+    try:
+        line = child.wait_for("listening on")
+        assert f"http://127.0.0.1:{port}" in line
+        out = subprocess.run(
+            [
+                curl,
+                "-sS",
+                "--max-time",
+                "20",
+                "-x",
+                f"http://127.0.0.1:{port}",
+                origin.url("/hello"),
+            ],
+            capture_output=True,
+            timeout=30,
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == b"hello from the origin\n"
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.proc.wait(10) == 0
+    finally:
+        child.stop()
+
+
+def test_port_in_use_exits_1_with_one_line(tmp_path):
+    blacklist = tmp_path / "blacklist.txt"
+    blacklist.write_text("")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        out = run_cli("--port", str(port), "--blacklist", str(blacklist))
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert str(port) in lines[0]
+    assert "Traceback" not in out.stderr
