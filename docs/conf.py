@@ -72,12 +72,9 @@ nitpick_ignore_regex = [
 # named in a module docstring without its class, attributes without docstrings, a TypeVar, a
 # private base class). Listed one by one so a new dangling reference still fails the build.
 nitpick_ignore = [
-    ("py:meth", "write_eof"),
-    ("py:meth", "close"),
-    ("py:meth", "abort"),
     ("py:attr", "ReloadReport.errors"),
     ("py:attr", "Authenticator.budget"),
-    ("py:class", "proxy.session.F"),
+    ("py:class", "proxy.guard.F"),
     ("py:class", "proxy.http11.parser._Parser"),
 ]
 

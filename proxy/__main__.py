@@ -52,6 +52,18 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _auth_file(path: str) -> str:
+    from .auth import AuthFileError, load
+
+    try:
+        load(path)
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {exc.strerror}") from None
+    except AuthFileError as exc:
+        raise argparse.ArgumentTypeError(f"{path}: {exc}") from None
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m proxy`` argument parser."""
     defaults = Config()
@@ -98,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--deny-private",
         action="store_true",
         help="refuse targets in loopback, link-local and private ranges",
+    )
+    pol.add_argument(
+        "--auth-file",
+        type=_auth_file,
+        metavar="FILE",
+        help="require Basic proxy authentication against FILE's user:hash lines "
+        "(make lines with: python -m proxy.auth hash USER)",
     )
     cache = parser.add_argument_group("cache")
     cache.add_argument("--no-cache", action="store_true", help="turn the HTTP cache off")
@@ -148,6 +167,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         connect_ports=args.connect_ports,
         allow=tuple(args.allow),
         deny_private=args.deny_private,
+        auth_file=args.auth_file,
         cache_enabled=not args.no_cache,
         cache_size=args.cache_size,
         cache_max_object=args.cache_max_object,

@@ -26,16 +26,19 @@ import threading
 from typing import Any
 
 from minireactor import Reactor, Resolver, Server, Transport, listen
-from minireactor.resolver import Address, ResolverLike
+from minireactor.resolver import ResolverLike
 
-from .blocklist import EMPTY, Blocklist
+from .auth import Authenticator
+from .auth import load as load_auth_file
+from .blocklist import EMPTY, Blocklist, parse
+from .cachestep import CacheStep
 from .config import Config
-from .http11 import Headers, Limits, Request
+from .http11 import Limits, Request
 from .pages import error_page, simple_response
 from .reload import BlocklistWatcher, ReloadReport
 from .session import ClientSession
 from .stats import Stats
-from .target import Target
+from .status import serve_status
 from .upstream import UpstreamPool
 
 log = logging.getLogger("proxy")
@@ -63,35 +66,12 @@ class ProxyContext:
         self.sessions: set[ClientSession] = set()
         self.own_addresses: set[tuple[str, int]] = set()
         self.on_session_closed: Any = None
+        # Read once at start-up (a blocking read is fine before the loop runs).
+        self.auth: Authenticator | None = (
+            load_auth_file(config.auth_file) if config.auth_file else None
+        )
 
     # -- policy ----------------------------------------------------------------------------------
-
-    def refusal(
-        self, session: ClientSession, request: Request, target: Target
-    ) -> tuple[int, str, Headers | None] | None:
-        """Return ``(status, detail, extra headers)`` if *request* must be refused, else None."""
-        if request.method == "CONNECT" and target.port not in self.config.connect_ports:
-            allowed = ", ".join(str(p) for p in sorted(self.config.connect_ports))
-            return 403, f"CONNECT to port {target.port} is not allowed (allowed: {allowed})", None
-        path = None if request.method == "CONNECT" else target.path
-        try:
-            match = self.blocklist.match(target.host, path, target.port, target.scheme)
-        except ValueError as exc:
-            return 400, f"invalid host {target.host!r}: {exc}", None
-        if match is not None:
-            rule = match.rule
-            return 403, f"blocked by rule '{rule.text}' (line {rule.line} of the blocklist)", None
-        return None
-
-    def address_refusal(self, addresses: list[Address]) -> str | None:
-        """With ``deny_private``, refuse targets that resolve to internal addresses."""
-        if not self.config.deny_private:
-            return None
-        for _family, sockaddr in addresses:
-            ip = ipaddress.ip_address(sockaddr[0])
-            if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified:
-                return f"the target resolves to {ip}, an internal address this proxy refuses"
-        return None
 
     def is_own_address(self, host: str, port: int) -> bool:
         """Whether ``host:port`` is where this proxy listens (a request to itself)."""
@@ -103,8 +83,6 @@ class ProxyContext:
 
     def serve_local(self, session: ClientSession, request: Request) -> None:
         """Answer a request addressed to the proxy itself."""
-        from .status import serve_status
-
         serve_status(self, session, request)
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -165,8 +143,6 @@ class ProxyServer:
         """Bind, load the blocklist and start watching it; the loop is not run yet."""
         config = self.config
         if config.cache_enabled:
-            from .cachestep import CacheStep
-
             self.ctx.cache_step = CacheStep(self.ctx)
         if config.trace:
             trace_log = logging.getLogger("minireactor.trace")
@@ -190,8 +166,6 @@ class ProxyServer:
             initial = self.watcher.start()
             self.ctx.set_blocklist(initial, self.watcher.last_report)
         else:
-            from .blocklist import parse
-
             try:
                 with open(config.blacklist, encoding="utf-8") as handle:
                     self.ctx.set_blocklist(parse(handle.read()))

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .cache import CacheConfig, HttpCache, StoredResponse
+from .guard import guarded
 from .http11 import Headers, Response, reason_phrase, serialize_response_head
-from .session import guarded
 from .target import add_via, strip_hop_by_hop
 
 if TYPE_CHECKING:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .guard import guarded
 from .http11 import (
     NEED_DATA,
     PAUSED,
@@ -38,7 +39,6 @@ from .http11 import (
     serialize_response_head,
 )
 from .http11.framing import CHUNKED, UNTIL_CLOSE, request_framing, response_framing
-from .session import guarded
 from .states import SessionState
 from .target import Target, add_via, strip_hop_by_hop
 from .upstream import Upstream
@@ -101,14 +101,37 @@ class Exchange:
         if self.request_framing == CHUNKED:
             headers.add("Transfer-Encoding", "chunked")
         self.request_writer = BodyWriter(chunked=self.request_framing == CHUNKED)
+        # Parse the body bytes that came with the head before the head leaves: a request already
+        # known to be malformed must not reach the origin at all (RFC 9112 section 11.2).
+        try:
+            early = self._early_body()
+        except ProtocolError as exc:
+            self._client_sent_garbage(exc)
+            return
         self.upstream.parser.expect(request.method)
-        self.upstream.write(serialize_request_head(request.method, target.path, headers))
+        self.upstream.write(serialize_request_head(request.method, target.path, headers) + early)
         self._first_byte_timer = self.session.reactor.call_later(
             config.first_byte_timeout, self._first_byte_timed_out
         )
         self.pump_request_body()
         if self.upstream.parser.buffered or self.upstream.eof:
             self.upstream_readable()
+
+    def _early_body(self) -> bytes:
+        # Bounded: the session stops reading a client whose unparsed bytes pass its buffer limit.
+        parser = self.session.parser
+        pieces = []
+        while not self.request_done:
+            event = parser.next_event()
+            if isinstance(event, Data):
+                pieces.append(self.request_writer.write(event.data))
+            elif isinstance(event, EndOfMessage):
+                pieces.append(self.request_writer.end(event.trailers))
+                self.request_done = True
+                self.session.request_fully_read = True
+            else:
+                break  # NEED_DATA: the rest streams through pump_request_body
+        return b"".join(pieces)
 
     @property
     def wants_request_body(self) -> bool:
@@ -176,7 +199,21 @@ class Exchange:
 
     @guarded
     def upstream_readable(self) -> None:
-        """Relay every response event the origin's bytes complete."""
+        """Relay every response event the origin's bytes complete.
+
+        The client transport is corked meanwhile, so a small response's head, body and end
+        leave in one ``send``.
+        """
+        client = self.session.transport
+        if client is None:
+            return
+        client.cork()
+        try:
+            self._relay_events()
+        finally:
+            client.uncork()
+
+    def _relay_events(self) -> None:
         parser = self.upstream.parser
         while not self.done:
             try:

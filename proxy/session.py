@@ -14,27 +14,31 @@ after the steps of one request (see the data flow in the docs' architecture page
     READING_REQUEST -> CHECKING_POLICY -> [LOOKING_UP_CACHE] -> RESOLVING -> CONNECTING
       -> FORWARDING -> RELAYING_RESPONSE -> READING_REQUEST (keep-alive) or CLOSING -> CLOSED
 
-Forwarding one request and relaying its response is the job of :class:`proxy.forward.Exchange`;
-CONNECT becomes a :class:`proxy.tunnel.Tunnel`; answers the proxy writes itself (errors, 403,
-its own status pages) go through :meth:`ClientSession.answer`.
+The steps live where they are explained: the rules of CHECKING_POLICY in :mod:`proxy.policy`,
+RESOLVING and CONNECTING in :class:`proxy.dialer.Dialer`, the cache states in
+:mod:`proxy.cachestep`, forwarding one request and relaying its response in
+:class:`proxy.forward.Exchange`; CONNECT becomes a :class:`proxy.tunnel.Tunnel`. Answers the
+proxy writes itself (errors, 403, its own status pages) go through :meth:`ClientSession.answer`.
 
 Every callback that reaches the session from outside its own transport (timers, the resolver,
-the connect attempt, the origin connection) is wrapped by :func:`guarded`: an unexpected
-exception becomes a 500 (or a reset, if the response had begun) for this client alone.
+the connect attempt, the origin connection) is wrapped by :func:`proxy.guard.guarded`: an
+unexpected exception becomes a 500 (or a reset, if the response had begun) for this client
+alone.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import socket
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
-from minireactor import Protocol, Transport, connect
-from minireactor.resolver import Address
+from minireactor import Protocol, Transport
 from minireactor.timers import TimerHandle
 
+from .dialer import Dialer
+from .forward import Exchange
+from .guard import guarded
 from .http11 import (
     NEED_DATA,
     PAUSED,
@@ -47,6 +51,7 @@ from .http11 import (
     keep_alive,
 )
 from .pages import error_page, simple_response
+from .policy import max_forwards_reply, target_refusal
 from .states import INITIAL_STATE, SessionState, next_state
 from .stats import RequestRecord
 from .target import Target, has_via_loop, parse_target
@@ -56,29 +61,11 @@ from .upstream import Upstream
 if TYPE_CHECKING:
     from .app import ProxyContext
     from .cachestep import BodySender, CachePlan
-    from .forward import Exchange
 
 log = logging.getLogger("proxy.session")
 S = SessionState
-F = TypeVar("F", bound=Callable[..., Any])
-
 # Bytes of a pipelined next request we hold while the current one is answered.
 PIPELINE_BUFFER_LIMIT = 256 * 1024
-
-
-def guarded(method: F) -> F:
-    """Turn an unexpected exception in a session callback into a 500 for that client only."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, *args: Any) -> Any:
-        try:
-            return method(self, *args)
-        except Exception as exc:
-            session = getattr(self, "session", self)
-            session.internal_error(exc)
-            return None
-
-    return wrapper  # type: ignore[return-value]
 
 
 class ClientSession(Protocol):
@@ -105,7 +92,7 @@ class ClientSession(Protocol):
         self.on_state_change: Callable[[SessionState, str, SessionState], None] | None = None
         self._timer: TimerHandle | None = None
         self._waiting_for_head = False
-        self._pending: Any = None
+        self.dialer: Dialer | None = None
         self._retried = False
         self._begin_request_bookkeeping()
 
@@ -146,7 +133,14 @@ class ClientSession(Protocol):
         """Feed the parser and let the current state take what it is ready for."""
         self.ctx.stats.bytes_from_clients += len(data)
         self.parser.feed(data)
-        self._client_bytes_arrived()
+        # Answers written now (cache hits, pipelined requests) leave in one send.
+        transport = self.transport
+        assert transport is not None
+        transport.cork()
+        try:
+            self._client_bytes_arrived()
+        finally:
+            transport.uncork()
 
     @guarded
     def eof_received(self) -> bool:
@@ -159,9 +153,9 @@ class ClientSession(Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         """Release everything this connection held."""
         self._cancel_timer()
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
+        if self.dialer is not None:
+            self.dialer.cancel()
+            self.dialer = None
         if self.exchange is not None:
             self.exchange.client_lost()
             self.exchange = None
@@ -258,10 +252,19 @@ class ClientSession(Protocol):
     # -- CHECKING_POLICY -------------------------------------------------------------------------
 
     def check_policy(self, request: Request) -> None:
-        """Decide whether and how to serve *request*: local page, refusal, cache or origin."""
+        """Decide whether and how to serve *request*, in the order :mod:`proxy.policy` gives."""
+        ctx = self.ctx
+        # Authentication comes first: CONNECT and the proxy's own pages need it too.
+        denial = ctx.auth.refusal(request.headers) if ctx.auth is not None else None
+        if denial is not None:
+            self._refuse(*denial)
+            return
+        if has_via_loop(request.headers, self.config.via_pseudonym):
+            self._refuse(508, "forwarding loop: this request already passed through us")
+            return
         if request.target.startswith("/") or request.target == "*":
             self.fire("local_page")
-            self.ctx.serve_local(self, request)
+            ctx.serve_local(self, request)
             return
         try:
             target = parse_target(request.method, request.target)
@@ -270,19 +273,24 @@ class ClientSession(Protocol):
             self.answer_error(exc.status, exc.message)
             return
         self.target = target
-        if self.ctx.is_own_address(target.host, target.port) or target.host == "proxy.local":
+        if ctx.is_own_address(target.host, target.port) or target.host == "proxy.local":
             self.fire("local_page")
-            self.ctx.serve_local(self, request)
+            ctx.serve_local(self, request)
             return
-        if has_via_loop(request.headers, self.config.via_pseudonym):
-            self.fire("denied")
-            self.answer_error(508, "forwarding loop: this request already passed through us")
-            return
-        refusal = self.ctx.refusal(self, request, target)
+        refusal = target_refusal(self.config, ctx.blocklist, request, target)
         if refusal is not None:
-            status, detail, extra = refusal
-            self.fire("denied")
-            self.answer_error(status, detail, result="TCP_DENIED", extra=extra)
+            self._refuse(*refusal)
+            return
+        reply = max_forwards_reply(request)
+        if reply is not None:
+            self.fire("local_page")
+            self.answer(
+                reply.status,
+                reply.body,
+                content_type=reply.content_type,
+                result="TCP_LOCAL",
+                extra=reply.extra,
+            )
             return
         if request.method == "CONNECT":
             # Don't read what the client sends next until the tunnel exists.
@@ -291,11 +299,15 @@ class ClientSession(Protocol):
             self.fire("allowed")
             self.resolve()
             return
-        if self.ctx.cache_step is not None and request.method in ("GET", "HEAD"):
+        if ctx.cache_step is not None and request.method in ("GET", "HEAD"):
             self.fire("cacheable")
-            self.ctx.cache_step.look_up(self)
+            ctx.cache_step.look_up(self)
             return
         self.find_upstream("allowed")
+
+    def _refuse(self, status: int, detail: str, extra: Headers | None = None) -> None:
+        self.fire("denied")
+        self.answer_error(status, detail, result="TCP_DENIED", extra=extra)
 
     # -- RESOLVING and CONNECTING ----------------------------------------------------------------
 
@@ -311,49 +323,12 @@ class ClientSession(Protocol):
         self.resolve()
 
     def resolve(self) -> None:
-        """Look the target's host up (off the loop for names) under the connect deadline."""
-        assert self.target is not None
-        self._deadline = self.reactor.time() + self.config.connect_timeout
-        self._arm_timer(self.config.connect_timeout, self._connect_timed_out)
-        self._pending = self.ctx.resolver.resolve(
-            self.target.host, self.target.port, self._resolved
-        )
+        """Reach the target (RESOLVING, then CONNECTING) with a :class:`~proxy.dialer.Dialer`."""
+        self.dialer = Dialer(self)
+        self.dialer.dial()
 
-    @guarded
-    def _resolved(self, addresses: list[Address] | None, error: BaseException | None) -> None:
-        self._pending = None
-        assert self.target is not None
-        if not addresses:
-            self._cancel_timer()
-            self.fire("resolve_failed")
-            self.answer_error(502, f"cannot resolve host {self.target.host!r}: {_describe(error)}")
-            return
-        refusal = self.ctx.address_refusal(addresses)
-        if refusal is not None:
-            self._cancel_timer()
-            self.fire("resolve_failed")
-            self.answer_error(403, refusal, result="TCP_DENIED")
-            return
-        self.fire("resolved")
-        remaining = max(0.001, self._deadline - self.reactor.time())
-        self._pending = connect(self.reactor, addresses, self._connected, remaining)
-
-    @guarded
-    def _connect_timed_out(self) -> None:
-        self._timer = None
-        if self._pending is not None:
-            self._pending.cancel()
-            self._pending = None
-        if self.state in (S.RESOLVING, S.CONNECTING):
-            self._connect_failed(TimeoutError("connect deadline passed"))
-
-    @guarded
-    def _connected(self, sock: socket.socket | None, error: BaseException | None) -> None:
-        self._pending = None
-        self._cancel_timer()
-        if sock is None:
-            self._connect_failed(error)
-            return
+    def origin_connected(self, sock: socket.socket) -> None:
+        """The dialer reached the origin: open the tunnel, or forward the request."""
         assert self.target is not None and self.request is not None
         if self.request.method == "CONNECT":
             self._open_tunnel(sock)
@@ -364,24 +339,10 @@ class ClientSession(Protocol):
         self.fire("connected")
         self.start_exchange(upstream)
 
-    def _connect_failed(self, error: BaseException | None) -> None:
-        assert self.target is not None
-        if self.state is S.RESOLVING:
-            self.fire("resolve_failed")
-        else:
-            self.fire("connect_failed")
-        where = f"{self.target.host}:{self.target.port}"
-        if isinstance(error, TimeoutError):
-            self.answer_error(504, f"connecting to {where} took longer than the deadline")
-        else:
-            self.answer_error(502, f"cannot connect to {where}: {_describe(error)}")
-
     # -- FORWARDING and RELAYING_RESPONSE (see proxy.forward) ------------------------------------
 
     def start_exchange(self, upstream: Upstream) -> None:
         """Forward the current request over *upstream* (FORWARDING)."""
-        from .forward import Exchange
-
         assert self.request is not None and self.target is not None
         plan = self.cache_plan
         if plan is not None:
@@ -423,6 +384,8 @@ class ClientSession(Protocol):
         self.fire("upstream_failed")
         self.log_request()
         if self.transport is not None:
+            # What the client was promised so far goes out before the reset, not dropped.
+            self.transport.uncork()
             self.transport.abort(ConnectionAbortedError("origin closed mid-response"))
 
     # -- TUNNEL_OPEN -----------------------------------------------------------------------------
@@ -638,13 +601,3 @@ class ClientSession(Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-def _describe(error: BaseException | None) -> str:
-    if error is None:
-        return "no address"
-    if isinstance(error, socket.gaierror):
-        return error.strerror or str(error)
-    if isinstance(error, OSError) and error.strerror:
-        return error.strerror
-    return str(error) or type(error).__name__
