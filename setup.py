@@ -1,12 +1,14 @@
 """Packaging for minireactor + proxy."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 setup(
     name="minireactor-proxy",
     version="0.1.0",
     description="A forward HTTP/HTTPS proxy on a hand-written reactor, built to be read.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["minireactor", "minireactor.*", "proxy", "proxy.*"]),

@@ -15,9 +15,9 @@ transport hides the first problem and makes the second visible:
   wires these *across* connections: the client's buffer filling pauses reading from the origin,
   so memory stays bounded by the water marks, not by the size of the download. The gap between
   the marks (hysteresis) stops the pair from flapping on every chunk.
-* **Half-close.** :meth:`Transport.write_eof` sends FIN after the buffer drains (``shutdown(SHUT_WR)``)
-  while reading goes on: a tunnel must pass one side's EOF to the other without dropping
-  the reply still coming back.
+* **Half-close.** :meth:`Transport.write_eof` sends FIN after the buffer drains
+  (``shutdown(SHUT_WR)``) while reading goes on: a tunnel must pass one side's EOF to the
+  other without dropping the reply still coming back.
 * **Two ways to end.** :meth:`Transport.close` stops reading and closes once the buffer is flushed;
   :meth:`Transport.abort` drops the buffer and closes now. Either way the protocol hears exactly one
   ``connection_lost``, scheduled with ``call_soon`` so it never runs inside another callback.
@@ -65,6 +65,8 @@ class Transport:
         self.high_water = high_water
         self.low_water = high_water // 4 if low_water is None else low_water
         self._writing_paused = False
+        self._writer_on = False
+        self._corked = False
         self._reading = False
         self._closing = False
         self._eof_pending = False
@@ -150,7 +152,7 @@ class Transport:
         """Queue *data*; never blocks. Ignored after close or half-close."""
         if self._closed or self._closing or self._eof_pending or self._eof_sent or not data:
             return
-        if not self._buffer:
+        if not self._buffer and not self._corked:
             try:
                 sent = self.sock.send(data)
             except _TRY_AGAIN:
@@ -161,14 +163,37 @@ class Transport:
             if sent == len(data):
                 return
             data = memoryview(data)[sent:]
-            self.reactor.add_writer(self._fd, self._on_writable)
         self._buffer += data
+        if not self._corked:
+            self._want_writable()
         self._check_high_water()
+
+    def cork(self) -> None:
+        """Collect writes without sending until :meth:`uncork`.
+
+        A response head, its body and its end written in one callback then leave in one
+        ``send`` instead of three: fewer system calls and fewer small TCP segments.
+        """
+        self._corked = True
+
+    def uncork(self) -> None:
+        """Send what :meth:`cork` collected (as much as the kernel takes now)."""
+        if not self._corked:
+            return
+        self._corked = False
+        if self._buffer and not self._writer_on and not self._closed:
+            self._on_writable()
+
+    def _want_writable(self) -> None:
+        if not self._writer_on:
+            self._writer_on = True
+            self.reactor.add_writer(self._fd, self._on_writable)
 
     def _on_writable(self) -> None:
         try:
             sent = self.sock.send(self._buffer)
         except _TRY_AGAIN:
+            self._want_writable()
             return
         except OSError as exc:
             self._fatal(exc)
@@ -176,9 +201,15 @@ class Transport:
         del self._buffer[:sent]
         # resume_writing may queue more bytes, or ask for close/write_eof: check afterwards.
         self._check_low_water()
-        if self._buffer or self._closed:
+        if self._closed:
             return
-        self.reactor.remove_writer(self._fd)
+        if self._buffer:
+            if not self._corked:
+                self._want_writable()
+            return
+        if self._writer_on:
+            self._writer_on = False
+            self.reactor.remove_writer(self._fd)
         if self._eof_pending:
             self._shutdown_write()
         if self._closing:
@@ -198,6 +229,7 @@ class Transport:
         """Half-close: send FIN once the buffer is flushed; reading continues."""
         if self._closed or self._closing or self._eof_pending or self._eof_sent:
             return
+        self.uncork()
         if self._buffer:
             self._eof_pending = True
         else:
@@ -218,6 +250,7 @@ class Transport:
         """Stop reading, flush what is buffered, then close."""
         if self._closing or self._closed:
             return
+        self.uncork()
         self._closing = True
         self.pause_reading()
         self._reading = False

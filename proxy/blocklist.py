@@ -289,6 +289,8 @@ class Blocklist:
         :param scheme: ``"http"`` or ``"https"``, only used for the default port.
         :raises ValueError: if *host* is not a valid host name.
         """
+        if not self.rules:
+            return None  # no list at all: no host parsing on every request
         h = normalize_host(host)
         if port is None:
             port = DEFAULT_PORTS.get(scheme.lower())

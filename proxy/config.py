@@ -64,8 +64,8 @@ class Config:
     """Reactor processes sharing the port with ``SO_REUSEPORT``; each has its own cache."""
     max_conns: int = 1024
     """Concurrent client connections; beyond it new clients wait in the listen backlog."""
-    max_idle_upstreams_per_host: int = 16
-    """Idle origin connections kept per host:port."""
+    max_idle_upstreams_per_host: int = 256
+    """Idle origin connections kept per host:port; fewer than the busy clients means churn."""
     connect_ports: frozenset[int] = field(default_factory=lambda: frozenset({443}))
     """Ports CONNECT may reach (Squid's SSL_ports idea)."""
     allow: tuple[str, ...] = ()
