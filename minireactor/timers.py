@@ -5,7 +5,8 @@ Theory of operation
 A reactor needs two things from its timers, quickly: "what is the earliest deadline?" (to bound
 how long ``select`` may sleep) and "which timers are due now?" (to run them). A binary heap
 (:mod:`heapq`) answers both in O(log n) per timer, which is why CPython's asyncio and curio keep
-one too.
+one too. Each heap entry is a ``(deadline, sequence number, handle)`` tuple: tuples compare in
+C, and the sequence number makes timers with the same deadline run in the order they were set.
 
 Cancelling a timer that sits in the middle of a heap would cost O(n) to find and remove it, so we
 do what asyncio does: :meth:`TimerHandle.cancel` only sets a flag, and a cancelled timer is thrown
@@ -74,45 +75,47 @@ class TimerHandle(Handle):
                 self._heap.note_cancelled()
                 self._heap = None
 
-    def __lt__(self, other: TimerHandle) -> bool:
-        return (self.when, self._order) < (other.when, other._order)
+
+# The heap holds (when, order, timer) tuples rather than timers: tuples compare in C, a
+# TimerHandle.__lt__ would run Python code for every one of the log n comparisons of a push.
+_Entry = tuple[float, int, TimerHandle]
 
 
 class TimerHeap:
     """The reactor's pending timers, earliest first."""
 
     def __init__(self) -> None:
-        self._heap: list[TimerHandle] = []
+        self._heap: list[_Entry] = []
         self._cancelled = 0
 
     def push(self, when: float, callback: Callable[..., Any], args: tuple[Any, ...]) -> TimerHandle:
         """Schedule *callback* at the monotonic time *when* and return its handle."""
         timer = TimerHandle(when, callback, args, self)
-        heapq.heappush(self._heap, timer)
+        heapq.heappush(self._heap, (when, timer._order, timer))
         return timer
 
     def note_cancelled(self) -> None:
         """Count a cancellation, and compact the heap once most of it is dead."""
         self._cancelled += 1
         if self._cancelled > 64 and self._cancelled * 2 > len(self._heap):
-            self._heap = [timer for timer in self._heap if not timer.cancelled]
+            self._heap = [entry for entry in self._heap if not entry[2].cancelled]
             heapq.heapify(self._heap)
             self._cancelled = 0
 
     def next_deadline(self) -> float | None:
         """Return the earliest live deadline, or None when no timer is pending."""
         heap = self._heap
-        while heap and heap[0].cancelled:
+        while heap and heap[0][2].cancelled:
             heapq.heappop(heap)
             self._cancelled -= 1
-        return heap[0].when if heap else None
+        return heap[0][0] if heap else None
 
     def pop_due(self, now: float) -> list[TimerHandle]:
         """Remove and return, in deadline order, every live timer due at or before *now*."""
         due: list[TimerHandle] = []
         heap = self._heap
-        while heap and heap[0].when <= now:
-            timer = heapq.heappop(heap)
+        while heap and heap[0][0] <= now:
+            timer = heapq.heappop(heap)[2]
             if timer.cancelled:
                 self._cancelled -= 1
             else:

@@ -75,9 +75,9 @@ class ProxyContext:
 
     def is_own_address(self, host: str, port: int) -> bool:
         """Whether ``host:port`` is where this proxy listens (a request to itself)."""
-        return (host, port) in self.own_addresses or (
-            port in {p for _, p in self.own_addresses} and host in ("localhost",)
-        )
+        if (host, port) in self.own_addresses:
+            return True
+        return host == "localhost" and any(own == port for _, own in self.own_addresses)
 
     # -- local pages -----------------------------------------------------------------------------
 

@@ -38,6 +38,10 @@ class SessionState(enum.Enum):
     CLOSING = "closing"
     CLOSED = "closed"
 
+    # Members are singletons, so identity hashing is exact; Enum's own __hash__ is Python code,
+    # and states are hashed several times per request (the table, the counters).
+    __hash__ = object.__hash__
+
 
 class IllegalTransition(RuntimeError):
     """A trigger fired in a state where the table does not allow it."""

@@ -26,16 +26,18 @@ from .http11.headers import Headers
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80}
 
-HOP_BY_HOP = (
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authorization",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
 """Fields that concern one connection only (RFC 9110 section 7.6.1, plus framing)."""
 
@@ -128,13 +130,12 @@ def parse_origin_form(target: str) -> tuple[str, str]:
 
 def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers:
     """Return a copy without hop-by-hop fields; with *keep_upgrade*, keep an ``Upgrade``."""
-    named = {name.lower() for name in headers.get_list("connection")}
-    out = Headers()
-    for name, value in headers:
-        lower = name.lower()
-        if keep_upgrade and lower == "upgrade" or lower not in HOP_BY_HOP and lower not in named:
-            out.add(name, value)
+    named = headers.get_list("connection")
+    drop = HOP_BY_HOP.union(name.lower() for name in named) if named else HOP_BY_HOP
+    out = headers.without(drop)
     if keep_upgrade:
+        for value in headers.get_all("upgrade"):
+            out.add("Upgrade", value)
         out.add("Connection", "upgrade")
     return out
 

@@ -9,29 +9,34 @@ character, so ``to_bytes`` gives back the very bytes that were parsed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 
 class Headers:
     """An ordered list of header fields with case-insensitive look-up by name."""
 
-    __slots__ = ("_fields",)
+    # _names holds the lower-cased names beside _fields, so a look-up lower-cases only the
+    # name asked for, not every field of the head, every time.
+    __slots__ = ("_fields", "_names")
 
     def __init__(self, fields: Iterable[tuple[str, str]] = ()) -> None:
         self._fields: list[tuple[str, str]] = list(fields)
+        self._names: list[str] = [name.lower() for name, _ in self._fields]
 
     def get(self, name: str, default: str | None = None) -> str | None:
         """Return the value of the first field called *name*, or *default*."""
-        wanted = name.lower()
-        for field_name, value in self._fields:
-            if field_name.lower() == wanted:
-                return value
-        return default
+        try:
+            return self._fields[self._names.index(name.lower())][1]
+        except ValueError:
+            return default
 
     def get_all(self, name: str) -> list[str]:
         """Return every value of the fields called *name*, in order."""
         wanted = name.lower()
-        return [value for field_name, value in self._fields if field_name.lower() == wanted]
+        if wanted not in self._names:
+            return []
+        pairs = zip(self._fields, self._names, strict=True)
+        return [field[1] for field, lower in pairs if lower == wanted]
 
     def get_list(self, name: str) -> list[str]:
         """Split every field called *name* on commas (RFC 9110 section 5.6.1), dropping blanks."""
@@ -48,30 +53,52 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         """Append a field, keeping any that share its name."""
         self._fields.append((name, value))
+        self._names.append(name.lower())
 
     def set(self, name: str, value: str) -> None:
         """Replace every field called *name* with one field holding *value*."""
         self.remove(name)
-        self._fields.append((name, value))
+        self.add(name, value)
 
     def remove(self, name: str) -> None:
         """Drop every field called *name*."""
         wanted = name.lower()
-        self._fields = [field for field in self._fields if field[0].lower() != wanted]
+        if wanted not in self._names:
+            return
+        pairs = zip(self._fields, self._names, strict=True)
+        kept = [(field, lower) for field, lower in pairs if lower != wanted]
+        self._fields = [field for field, _ in kept]
+        self._names = [lower for _, lower in kept]
 
     def copy(self) -> Headers:
         """Return an independent copy."""
-        return Headers(self._fields)
+        clone = Headers.__new__(Headers)
+        clone._fields = list(self._fields)
+        clone._names = list(self._names)
+        return clone
+
+    def without(self, lower_names: Collection[str]) -> Headers:
+        """Return a copy without the fields whose lower-cased name is in *lower_names*."""
+        clone = Headers.__new__(Headers)
+        pairs = [
+            pair
+            for pair in zip(self._fields, self._names, strict=True)
+            if pair[1] not in lower_names
+        ]
+        clone._fields = [field for field, _ in pairs]
+        clone._names = [lower for _, lower in pairs]
+        return clone
+
+    def names(self) -> list[str]:
+        """The lower-cased field names, in order (a copy)."""
+        return list(self._names)
 
     def to_bytes(self) -> bytes:
         """Serialise as ``Name: value\\r\\n`` lines (without the blank line that ends a head)."""
         return "".join(f"{name}: {value}\r\n" for name, value in self._fields).encode("latin-1")
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        wanted = name.lower()
-        return any(field_name.lower() == wanted for field_name, _ in self._fields)
+        return isinstance(name, str) and name.lower() in self._names
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return iter(self._fields)

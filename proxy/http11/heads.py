@@ -35,6 +35,8 @@ TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _TOKEN_RE = re.compile(TOKEN)
 _FIELD_LINE_RE = re.compile(rb"(" + TOKEN + rb"):[ \t]*(.*?)[ \t]*", re.DOTALL)
 _BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Every field line of a clean head at once: token, colon, allowed value bytes, CRLF.
+_FIELD_BLOCK_RE = re.compile(rb"(?:" + TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _TARGET_RE = re.compile(rb"[\x21-\x7e]+")
 _VERSION_RE = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _STATUS_LINE_RE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
@@ -89,6 +91,10 @@ class HeadReader:
 
         Returns ``None`` when more bytes are needed. For trailers *start_line* is ``b""``.
         """
+        if self._has_start_line and not self.started:
+            head = self._read_clean_head(buf)
+            if head is not None:
+                return head
         while True:
             end = buf.find_line_end()
             if end < 0:
@@ -115,6 +121,37 @@ class HeadReader:
                 raise ProtocolError("too many header fields", self._fields_status)
             self._check_line_end(crlf)
             self._fields.append(parse_field_line(line, self._status))
+
+    def _read_clean_head(self, buf: ReceiveBuffer) -> tuple[bytes, list[tuple[str, str]]] | None:
+        """Fast path: a whole, well-formed head is buffered; parse it with a few C-level calls.
+
+        Anything unusual (a bare CR or LF, leading empty lines, a limit reached, a field line
+        that is not ``token: value``) returns None without consuming a byte, and the line-by-
+        line reader above then gives the exact verdict. The two paths accept the same heads.
+        """
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return None
+        block = buf.peek(end + 2)  # the start-line and every field line, each with its CRLF
+        crlfs = block.count(b"\r\n")
+        if block.count(b"\r") != crlfs or block.count(b"\n") != crlfs:
+            return None
+        first = block.find(b"\r\n")
+        start, fields_part = block[:first], block[first + 2 :]
+        if (
+            not start
+            or len(start) > self._max_start_line
+            or len(fields_part) > self._max_field_bytes
+            or crlfs - 1 > self._max_fields
+            or _FIELD_BLOCK_RE.fullmatch(fields_part) is None
+        ):
+            return None
+        buf.skip(end + 4)
+        fields = []
+        for line in fields_part.decode("latin-1").split("\r\n")[:-1]:
+            name, _, value = line.partition(":")
+            fields.append((name, value.strip(" \t")))
+        return start, fields
 
     def _check_partial(self, buf: ReceiveBuffer) -> None:
         """Fail early when the unterminated line already proves a limit is exceeded."""

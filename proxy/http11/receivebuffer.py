@@ -63,6 +63,11 @@ class ReceiveBuffer:
             return -1
         return index - self._start
 
+    def find(self, needle: bytes) -> int:
+        """Return the offset (from the front) of *needle*, or ``-1``."""
+        index = self._data.find(needle, self._start)
+        return index - self._start if index >= 0 else -1
+
     def byte_at(self, offset: int) -> int:
         """Return the byte value at *offset* from the front (it must exist)."""
         return self._data[self._start + offset]
