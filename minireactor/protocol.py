@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 class Protocol:
     """Base class with no-op callbacks; override the ones you need."""
 
+    __slots__ = ()  # lets subclasses that declare slots do without a __dict__
+
     def connection_made(self, transport: Transport) -> None:
         """The transport is ready; keep a reference to it."""
 

@@ -260,6 +260,10 @@ class CacheStep:
         if request.method == "HEAD" or status == 304 or not entry.body:
             session.finish_request(reusable)
             return
+        if len(entry.body) <= SLICE:
+            session.send(entry.body)  # small bodies need no pacing
+            session.finish_request(reusable)
+            return
         sender = BodySender(session, entry.body, reusable)
         session.body_sender = sender
         sender.send_more()

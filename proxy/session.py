@@ -71,6 +71,38 @@ PIPELINE_BUFFER_LIMIT = 256 * 1024
 class ClientSession(Protocol):
     """The proxy's side of one client connection."""
 
+    # Slots, not a __dict__: every open connection, idle tunnels included, holds one session.
+    __slots__ = (
+        "ctx",
+        "reactor",
+        "config",
+        "state",
+        "parser",
+        "transport",
+        "client",
+        "client_ip",
+        "client_eof",
+        "request",
+        "request_fully_read",
+        "target",
+        "exchange",
+        "tunnel",
+        "cache_plan",
+        "body_sender",
+        "on_state_change",
+        "dialer",
+        "started",
+        "status",
+        "result",
+        "bytes_sent",
+        "response_started",
+        "logged",
+        "cache_status",
+        "_timer",
+        "_waiting_for_head",
+        "_retried",
+    )
+
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
         self.reactor = ctx.reactor

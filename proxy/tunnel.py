@@ -32,6 +32,8 @@ from minireactor import Protocol, Reactor, Transport
 class TunnelEnd(Protocol):
     """One side of a tunnel: what it receives is written to the peer end's transport."""
 
+    __slots__ = ("tunnel", "name", "transport", "peer", "eof", "lost", "bytes_received")
+
     def __init__(self, tunnel: Tunnel, name: str) -> None:
         self.tunnel = tunnel
         self.name = name
@@ -81,6 +83,17 @@ class TunnelEnd(Protocol):
 
 class Tunnel:
     """Two transports joined back to back."""
+
+    __slots__ = (
+        "reactor",
+        "client_end",
+        "upstream_end",
+        "idle_timeout",
+        "_on_closed",
+        "_closed",
+        "_seen",
+        "_idle_timer",
+    )
 
     def __init__(
         self,

@@ -143,9 +143,8 @@ class HttpCache:
             kind = "only-if-cached-miss" if "only-if-cached" in request_cc else "miss"
             return Lookup(kind, detail=detail)
         self._store.touch(entry)
-        lifetime = self.freshness_lifetime(entry)
+        lifetime, _, response_cc = self._judge(entry)
         age = self.current_age(entry)
-        response_cc = CacheControl.from_headers(entry.headers)
         reusable, why = freshness.reuse_verdict(request_cc, response_cc, lifetime, age)
         if reusable:
             not_modified = self.client_not_modified(entry, request_headers)
@@ -233,27 +232,40 @@ class HttpCache:
         if "Date" not in response_304_headers:
             headers.set("Date", format_http_date(response_time))
         entry.headers = headers
+        entry.judgement = None
         entry.request_time = request_time
         entry.response_time = response_time
         self._store.resize(entry)
         self._store.touch(entry)
         return entry
 
+    def _judge(self, entry: StoredResponse) -> tuple[float, float, CacheControl]:
+        """Lifetime, corrected initial age and directives of *entry*, computed once."""
+        if entry.judgement is None:
+            lifetime = freshness.freshness_lifetime(
+                entry.status,
+                entry.headers,
+                entry.response_time,
+                self.config.heuristic_fraction,
+                self.config.heuristic_cap,
+            )
+            # At now == response_time the resident time is zero: what is left is the
+            # corrected initial age, fixed for the life of the entry (section 4.2.3).
+            initial_age = freshness.current_age(
+                entry.headers, entry.request_time, entry.response_time, entry.response_time
+            )
+            entry.judgement = (lifetime, initial_age, CacheControl.from_headers(entry.headers))
+        lifetime, initial_age, directives = entry.judgement
+        return lifetime, initial_age, directives  # type: ignore[return-value]
+
     def current_age(self, entry: StoredResponse) -> float:
         """Current age of *entry* in seconds, now (RFC 9111 section 4.2.3)."""
-        return freshness.current_age(
-            entry.headers, entry.request_time, entry.response_time, self.clock()
-        )
+        _, initial_age, _ = self._judge(entry)
+        return initial_age + (self.clock() - entry.response_time)
 
     def freshness_lifetime(self, entry: StoredResponse) -> float:
         """Freshness lifetime of *entry* in seconds (RFC 9111 section 4.2.1)."""
-        return freshness.freshness_lifetime(
-            entry.status,
-            entry.headers,
-            entry.response_time,
-            self.config.heuristic_fraction,
-            self.config.heuristic_cap,
-        )
+        return self._judge(entry)[0]
 
     def response_headers_for(self, entry: StoredResponse, hit_detail: str = "") -> Headers:
         """Header fields for serving *entry*: a copy with ``Age`` set (RFC 9111 section 5.1).

@@ -106,6 +106,10 @@ class StoredResponse:
     :ivar vary_names: the field names of its ``Vary`` (lower-case, sorted).
     :ivar vary_key: the request values of those fields that selected it.
     :ivar size: approximate bytes held: body, serialised header fields and URL.
+    :ivar judgement: what the stored header fields imply, worked out once (parsing dates and
+        directives on every hit would cost more than the rest of the hit):
+        ``(freshness lifetime, corrected initial age, response Cache-Control)``; ``None`` until
+        first needed and after the fields change.
     """
 
     url: str
@@ -118,6 +122,7 @@ class StoredResponse:
     vary_names: tuple[str, ...] = ()
     vary_key: tuple[str | None, ...] = ()
     size: int = field(default=0)
+    judgement: tuple[float, float, object] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.size = self.compute_size()
