@@ -21,7 +21,7 @@ setup(
             "trustme>=1.1",
             "ruff>=0.6",
         ],
-        "docs": ["sphinx>=7", "myst-nb>=1.1"],
+        "docs": ["sphinx>=7", "myst-nb>=1.1", "matplotlib>=3.8"],
         "notebooks": ["nbmake>=1.5", "ipykernel", "matplotlib>=3.8"],
         "bench": ["matplotlib>=3.8"],
     },

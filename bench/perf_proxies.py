@@ -26,7 +26,7 @@ from pathlib import Path
 
 from perf_procs import REPO, Origin, Proc, Stack, clean_env, free_port
 
-PROXIES = ("ours", "ours-cache", "squid", "tinyproxy", "proxypy")
+PROXIES = ("ours", "ours-cache", "ours-2w", "squid", "tinyproxy", "proxypy")
 """Names accepted by ``--proxies``, in the order they appear in the table."""
 
 
@@ -40,9 +40,15 @@ def _shared_dir(tmp: Path, name: str) -> Path:
 
 
 def start_ours(
-    stack: Stack, tmp: Path, origin: Origin, *, cache: bool, argv_prefix: list[str] | None = None
+    stack: Stack,
+    tmp: Path,
+    origin: Origin,
+    *,
+    cache: bool,
+    argv_prefix: list[str] | None = None,
+    workers: int = 1,
 ) -> Proc:
-    """``python -m proxy`` on a free port with an empty blocklist."""
+    """``python -m proxy`` on a free port with an empty blocklist (and *workers* processes)."""
     port = free_port()
     empty = tmp / "empty-blacklist.txt"
     empty.touch()
@@ -63,6 +69,9 @@ def start_ours(
     if not cache:
         argv.append("--no-cache")
     name = "ours-cache" if cache else "ours"
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+        name = f"ours-{workers}w"
     return stack.spawn(name, argv, port, tmp / f"{name}.log", cwd=REPO, stop_signal=signal.SIGINT)
 
 
@@ -178,6 +187,8 @@ def start_proxy(
             return start_ours(stack, tmp, origin, cache=False)
         if name == "ours-cache":
             return start_ours(stack, tmp, origin, cache=True)
+        if name == "ours-2w":
+            return start_ours(stack, tmp, origin, cache=False, workers=2)
         if name == "squid":
             return start_squid(stack, tmp, nofile)
         if name == "tinyproxy":

@@ -177,7 +177,7 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace, tmp: Path, stack: Sta
                         _say(f"[rep {rep + 1}/{cfg['reps']}] {scenario} via {name}")
                         runs.append(throughput(scenario, origin, proc, cfg, tmp))
     for scenario in [s for s in cfg["scenarios"] if s in MEMORY]:
-        names = ["direct"] + [p for p in cfg["proxies"] if p != "ours-cache"]
+        names = ["direct"] + [p for p in cfg["proxies"] if p not in ("ours-cache", "ours-2w")]
         if scenario == "slow-connect":
             names = ["direct", "ours"]  # one variant of the slow reader is enough for the others
         for name in names:

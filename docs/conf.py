@@ -25,9 +25,10 @@ extensions = [
     "sphinx.ext.autodoc",
     "myst_nb",
     "proxydocs",
+    "benchdocs",
 ]
 
-exclude_patterns = ["_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
+exclude_patterns = ["_generated", "_build", "Thumbs.db", ".DS_Store", "**.ipynb_checkpoints"]
 root_doc = "index"
 # Keep "--help" and straight quotes as typed: command lines must survive copy and paste.
 smartquotes = False
