@@ -128,7 +128,7 @@ function show(d){
  const r=d.blocklist.last_reload;
  set("reload",r&&r.at?(r.ok?"loaded ":"reload failed ")+new Date(r.at*1000)
   .toLocaleTimeString()+": "+r.rules+" rules (+"+r.added+", -"+r.removed+") "+r.message:
-  d.blocklist.rules+" rules");
+  d.blocklist.rules+(d.blocklist.rules===1?" rule":" rules"));
  let max=1;for(const v of Object.values(d.connections.by_state))max=Math.max(max,v);
  table("states",["state","connections",""],Object.entries(d.connections.by_state).map(
   ([k,v])=>({cells:["<code>"+k+"</code>",v,"<span class=bar style='width:"+(120*v/max)+
@@ -143,7 +143,7 @@ function show(d){
   d.upstream_pool.reuses]];
  if(c.enabled)more.push(["cache hits",c.hits],["cache misses",c.misses],
   ["revalidations",c.revalidations],["collapsed requests",c.collapsed]);
- table("more",["",""],more.map(x=>({cells:x})));
+ table("more",["counter","value"],more.map(x=>({cells:x})));
  table("recent",["time","client","method","URL","status","bytes","ms","result"],d.recent.map(
   x=>({bad:x.status>=400,cells:[new Date(x.at*1000).toLocaleTimeString(),esc(x.client),
   esc(x.method),esc(x.url),x.status,x.bytes,x.ms,esc(x.result)]})));
