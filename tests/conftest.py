@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from support import OriginServer, RunningProxy
 
+from minireactor import Reactor
 from proxy.config import Config
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -23,6 +24,16 @@ def require_program(name: str) -> str:
             pytest.fail(f"{name} is required under CI=true but is not installed")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+@pytest.fixture
+def reactor() -> Iterator[Reactor]:
+    """A fresh reactor, closed after the test."""
+    r = Reactor()
+    try:
+        yield r
+    finally:
+        r.close()
 
 
 @pytest.fixture

@@ -1,23 +1,9 @@
 """Freshness lifetime (RFC 9111 section 4.2.1-4.2.2) and current age (section 4.2.3)."""
 
+from cache_helpers import T0, URL, Clock, H
+
 from proxy.cache import CacheConfig, HttpCache
 from proxy.cache.directives import format_http_date
-from proxy.http11.headers import Headers
-
-T0 = 1_700_000_000.0
-URL = "http://example.com/a"
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def H(*pairs: tuple[str, str]) -> Headers:
-    return Headers(pairs)
 
 
 def date(t: float) -> str:

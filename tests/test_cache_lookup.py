@@ -1,23 +1,9 @@
 """Reusing stored responses: request and response directives (RFC 9111 sections 4, 5.2)."""
 
+from cache_helpers import T0, URL, Clock, H
+
 from proxy.cache import HttpCache
 from proxy.cache.directives import format_http_date
-from proxy.http11.headers import Headers
-
-T0 = 1_700_000_000.0
-URL = "http://example.com/a"
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def H(*pairs: tuple[str, str]) -> Headers:
-    return Headers(pairs)
 
 
 def cache_with(*response, status=200):

@@ -1,23 +1,11 @@
 """Storage: cache keys, Vary variants, the byte-bounded LRU and body collection."""
 
+from cache_helpers import T0, Clock, H
+
 from proxy.cache import CacheConfig, HttpCache, normalize_url
 from proxy.cache.directives import format_http_date
-from proxy.http11.headers import Headers
 
-T0 = 1_700_000_000.0
 FRESH = ("Cache-Control", "max-age=600")
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def H(*pairs: tuple[str, str]) -> Headers:
-    return Headers(pairs)
 
 
 def put(cache, url, body=b"x", response=(FRESH,), request=()):

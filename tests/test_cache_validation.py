@@ -1,26 +1,12 @@
 """Validation: conditional requests out, client conditionals in, freshening (RFC 9111 §4.3)."""
 
 import pytest
+from cache_helpers import T0, URL, Clock, H
 
 from proxy.cache import HttpCache
 from proxy.cache.directives import format_http_date
-from proxy.http11.headers import Headers
 
-T0 = 1_700_000_000.0
-URL = "http://example.com/a"
 LM = format_http_date(T0 - 3600)
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def H(*pairs: tuple[str, str]) -> Headers:
-    return Headers(pairs)
 
 
 def cache_with(*response, status=200):

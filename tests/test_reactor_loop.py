@@ -11,15 +11,6 @@ from minireactor import Reactor
 
 
 @pytest.fixture
-def reactor():
-    r = Reactor()
-    try:
-        yield r
-    finally:
-        r.close()
-
-
-@pytest.fixture
 def socketpair():
     made = []
 

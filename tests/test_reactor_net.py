@@ -16,7 +16,6 @@ import pytest
 from minireactor import (
     Handle,
     Protocol,
-    Reactor,
     Resolver,
     StaticResolver,
     Transport,
@@ -39,15 +38,6 @@ def has_ipv6_loopback():
 
 
 needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback")
-
-
-@pytest.fixture
-def reactor():
-    r = Reactor()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture

@@ -6,18 +6,9 @@ import struct
 
 import pytest
 
-from minireactor import Protocol, Reactor, Transport
+from minireactor import Protocol, Transport
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def reactor():
-    r = Reactor()
-    try:
-        yield r
-    finally:
-        r.close()
 
 
 @pytest.fixture
