@@ -142,3 +142,54 @@ def test_port_in_use_exits_1_with_one_line(tmp_path):
     assert len(lines) == 1, out.stderr
     assert str(port) in lines[0]
     assert "Traceback" not in out.stderr
+
+
+def test_sigterm_lets_an_exchange_in_flight_finish(origin, tmp_path):
+    blacklist = tmp_path / "blacklist.txt"
+    blacklist.write_text("")
+    port = free_port()
+    child = Child("--port", str(port), "--blacklist", str(blacklist))
+    try:
+        child.wait_for("listening on")
+        answers: queue.Queue[bytes] = queue.Queue()
+
+        def slow_request() -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+                url = origin.url("/slow?delay=1&cc=no-store")
+                sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+                data = b""
+                while chunk := sock.recv(65536):
+                    data += chunk
+                answers.put(data)
+
+        thread = threading.Thread(target=slow_request, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while origin.hits["/slow"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)  # polling the origin's counter: the request is in flight
+        assert origin.hits["/slow"] == 1
+        child.proc.send_signal(signal.SIGTERM)
+        reply = answers.get(timeout=20)
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+        assert b"representation #1" in reply
+        assert b"Connection: close" in reply  # shutting down: no keep-alive offered
+        assert child.proc.wait(20) == 0
+    finally:
+        child.stop()
+
+
+def test_sighup_forces_a_blocklist_reload(tmp_path):
+    blacklist = tmp_path / "blacklist.txt"
+    blacklist.write_text("ads.example\n")
+    port = free_port()
+    child = Child("--port", str(port), "--blacklist", str(blacklist))
+    try:
+        child.wait_for("listening on")
+        # No file event at all: only the signal can cause this reload.
+        child.proc.send_signal(signal.SIGHUP)
+        line = child.wait_for("blocklist reloaded")
+        assert "rules: 1" in line
+        assert child.proc.poll() is None
+    finally:
+        child.proc.send_signal(signal.SIGTERM)
+        child.stop()
