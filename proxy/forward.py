@@ -71,7 +71,9 @@ class Exchange:
         self.target = target
         self.conditional = conditional
         self.request_framing = request_framing(request)
-        self.request_done = False
+        # A retry on a fresh connection resends a request whose end the first attempt already
+        # took from the parser: what follows there belongs to the next request.
+        self.request_done = session.request_fully_read
         self.response: Response | None = None
         self.response_bytes = 0
         self.done = False

@@ -574,3 +574,76 @@ def test_200_mib_download_keeps_proxy_memory_bounded(origin, tmp_path):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+class ForgetfulOrigin:
+    """An origin whose first connection dies on its second request, unanswered.
+
+    It answers the first request with keep-alive, then reads the next request on the same
+    connection and closes without a word: the race of a server timing out an idle connection
+    just as a proxy reuses it. Later connections answer every request.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.paths: list[str] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                first = self.connections == 1
+            threading.Thread(target=self._talk, args=(conn, first), daemon=True).start()
+
+    def _talk(self, conn: socket.socket, first: bool) -> None:
+        buf = b""
+        answered = 0
+        with conn:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                path = head.split(b" ")[1].decode()
+                with self._lock:
+                    self.paths.append(path)
+                if first and answered == 1:
+                    return  # gone without answering
+                body = f"served {path}".encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+                answered += 1
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_reused_connection_that_dies_unanswered_is_retried_once(proxy):
+    origin = ForgetfulOrigin()
+    try:
+        base = f"http://127.0.0.1:{origin.port}"
+        with proxy.connect() as sock:
+            replies = Responses(sock)
+            sock.sendall(f"GET {base}/one HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert replies.read()[2] == b"served /one"
+            # The second request goes over the pooled connection, which dies; a third is
+            # pipelined behind it and must survive the retry untouched.
+            sock.sendall(
+                f"GET {base}/two HTTP/1.1\r\nHost: x\r\n\r\n"
+                f"GET {base}/three HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            assert replies.read()[2] == b"served /two"
+            assert replies.read()[2] == b"served /three"
+        assert origin.paths.count("/two") == 2  # the lost attempt, then the retry
+        assert origin.connections >= 2
+    finally:
+        origin.close()
