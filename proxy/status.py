@@ -16,6 +16,7 @@ admission checks as any other request.
 from __future__ import annotations
 
 import json
+import re
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -24,6 +25,9 @@ from .http11 import Request
 if TYPE_CHECKING:
     from .app import ProxyContext
     from .session import ClientSession
+
+
+_HOST_CHARS = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,255}")
 
 
 def stats_document(ctx: ProxyContext) -> dict:
@@ -57,6 +61,8 @@ def serve_status(ctx: ProxyContext, session: ClientSession, request: Request) ->
         host, port = next(iter(sorted(ctx.own_addresses)))
         if host in ("0.0.0.0", "::"):
             host = request.headers.get("host", "127.0.0.1").rsplit(":", 1)[0]
+            if not _HOST_CHARS.fullmatch(host):
+                host = "127.0.0.1"  # the Host field lands inside JavaScript: names only
         session.answer(
             200,
             pac_file(host, port).encode(),
