@@ -80,7 +80,6 @@ class ClientSession(Protocol):
         "parser",
         "transport",
         "client",
-        "client_ip",
         "client_eof",
         "request",
         "request_fully_read",
@@ -112,7 +111,6 @@ class ClientSession(Protocol):
         self.parser = RequestParser(ctx.limits)
         self.transport: Transport | None = None
         self.client = "-"
-        self.client_ip = ""
         self.client_eof = False
         self.request: Request | None = None
         self.request_fully_read = False
@@ -156,7 +154,6 @@ class ClientSession(Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if peer:
-            self.client_ip = str(peer[0])
             self.client = f"{peer[0]}:{peer[1]}"
         self._arm_request_timer()
 

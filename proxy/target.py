@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from .http11.errors import ProtocolError
 from .http11.headers import Headers
@@ -120,12 +119,6 @@ def parse_target(method: str, target: str) -> Target:
     path = path.split("#", 1)[0]
     host, port = _split_host_port(authority, DEFAULT_PORTS[scheme])
     return Target(scheme, host, port, path)
-
-
-def parse_origin_form(target: str) -> tuple[str, str]:
-    """Split an origin-form target (``/path?query``) into its path and query."""
-    parts = urlsplit(target)
-    return parts.path or "/", parts.query
 
 
 def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers:

@@ -89,10 +89,6 @@ class Headers:
         clone._names = [lower for _, lower in pairs]
         return clone
 
-    def names(self) -> list[str]:
-        """The lower-cased field names, in order (a copy)."""
-        return list(self._names)
-
     def to_bytes(self) -> bytes:
         """Serialise as ``Name: value\\r\\n`` lines (without the blank line that ends a head)."""
         return "".join(f"{name}: {value}\r\n" for name, value in self._fields).encode("latin-1")
