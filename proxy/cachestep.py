@@ -197,8 +197,8 @@ class CacheStep:
                 session.cache_status = "minireactor; fwd=stale; fwd-status=304"
                 exchange.divert(lambda: self._serve_refreshed(session, entry))
                 return True
-        if plan.entry is not None:
-            session.result = "TCP_REFRESH_MODIFIED"
+        if plan.conditional is not None:
+            session.result = "TCP_REFRESH_MODIFIED"  # we asked "still the same?" and it was not
         if request.method == "GET":
             writer = cache.begin_store(
                 request.method,
