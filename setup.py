@@ -23,7 +23,7 @@ setup(
             "docutils>=0.18",  # the docstring tests parse reST the way Sphinx will
         ],
         "docs": ["sphinx>=7", "myst-nb>=1.1", "matplotlib>=3.8"],
-        "notebooks": ["nbmake>=1.5", "ipykernel", "matplotlib>=3.8"],
+        "notebooks": ["nbmake>=1.5", "ipykernel", "matplotlib>=3.8", "trustme>=1.1"],
         "bench": ["matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["proxy=proxy.__main__:main"]},
