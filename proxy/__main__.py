@@ -215,6 +215,7 @@ def _serve(config: Config, worker: int | None = None) -> int:
             f"proxy: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr
         )
         return 1
+    server.install_signal_handlers()
     host, port = server.address
     rules = len(server.ctx.blocklist)
     who = f" worker {worker}" if worker is not None else ""

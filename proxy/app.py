@@ -217,8 +217,12 @@ class ProxyServer:
 
     # -- running ---------------------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Run the loop in this thread until shut down (installs SIGINT/SIGTERM/SIGHUP)."""
+    def install_signal_handlers(self) -> None:
+        """SIGINT/SIGTERM shut down gracefully, SIGHUP reloads the blocklist (main thread).
+
+        Install them before announcing the address: a signal sent by someone who read the
+        announcement must not meet the default action (which kills the process).
+        """
 
         def on_signal(signum: int, _frame: Any) -> None:
             if signum == getattr(signal, "SIGHUP", None):
@@ -229,6 +233,10 @@ class ProxyServer:
         for name in ("SIGINT", "SIGTERM", "SIGHUP"):
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), on_signal)
+
+    def run(self) -> None:
+        """Install the signal handlers and run the loop in this thread until shut down."""
+        self.install_signal_handlers()
         self._run_loop()
 
     def _run_loop(self) -> None:

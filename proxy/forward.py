@@ -8,11 +8,11 @@ client's socket); the response body is written to the client as it arrives, and 
 ``pause_writing`` pauses reading from the origin. Memory per exchange is therefore bounded by
 the transports' water marks plus one read, however large the bodies are.
 
-On the way through, the head is rewritten (RFC 9110 section 7.6): the request line takes
+On the way out, the head is rewritten (RFC 9110 section 7.6): the request line takes
 origin-form, ``Host`` is set from the absolute URL (RFC 9112 section 3.2.2), hop-by-hop fields
-go, ``Via`` is added. The response is *re-framed* for the client: a chunked or close-delimited
-body is sent chunked to an HTTP/1.1 client, so the client connection survives even when the
-origin's does not; an HTTP/1.0 client gets the bytes as they are and a close.
+go, ``Via`` is added. Body bytes that arrived with the head are parsed before the head leaves,
+so a request already known to be malformed never reaches the origin. The way back (re-framing
+for the client, the cache's tee, upgrades) is :mod:`proxy.relay`.
 
 A body cut short by the origin is never passed off as complete: the client connection is reset,
 and nothing partial reaches the cache.
@@ -25,20 +25,17 @@ from typing import TYPE_CHECKING, Any
 from .guard import guarded
 from .http11 import (
     NEED_DATA,
-    PAUSED,
     BodyWriter,
-    ConnectionClosed,
     Data,
     EndOfMessage,
     Headers,
     ProtocolError,
     Request,
     Response,
-    keep_alive,
     serialize_request_head,
-    serialize_response_head,
 )
-from .http11.framing import CHUNKED, UNTIL_CLOSE, request_framing, response_framing
+from .http11.framing import CHUNKED, request_framing
+from .relay import ResponseRelay
 from .states import SessionState
 from .target import Target, add_via, strip_hop_by_hop
 from .upstream import Upstream
@@ -54,8 +51,12 @@ def _is_upgrade(request: Request) -> bool:
     return "upgrade" in request.headers and request.headers.has_token("connection", "upgrade")
 
 
-class Exchange:
-    """One request forwarded over one origin connection, and its response relayed back."""
+class Exchange(ResponseRelay):
+    """One request forwarded over one origin connection, and its response relayed back.
+
+    This module sends the request; :class:`~proxy.relay.ResponseRelay`, which it inherits,
+    brings the response back.
+    """
 
     def __init__(
         self,
@@ -196,155 +197,6 @@ class Exchange:
             transport.pause_reading()
         else:
             transport.resume_reading()
-
-    # -- receiving the response ------------------------------------------------------------------
-
-    @guarded
-    def upstream_readable(self) -> None:
-        """Relay every response event the origin's bytes complete.
-
-        The client transport is corked meanwhile, so a small response's head, body and end
-        leave in one ``send``.
-        """
-        client = self.session.transport
-        if client is None:
-            return
-        client.cork()
-        try:
-            self._relay_events()
-        finally:
-            client.uncork()
-
-    def _relay_events(self) -> None:
-        parser = self.upstream.parser
-        while not self.done:
-            try:
-                event = parser.next_event()
-            except ProtocolError as exc:
-                self._origin_broke(exc.status, f"the origin sent a malformed response: {exc}")
-                return
-            if event is NEED_DATA:
-                return
-            if isinstance(event, Response):
-                if event.status < 200 and event.status != 101:
-                    self._relay_interim(event)
-                else:
-                    self._response_head(event)
-            elif self._diverted is not None:
-                if isinstance(event, EndOfMessage):
-                    self._diverted_end()
-            elif isinstance(event, Data):
-                self._response_body(event.data)
-            elif isinstance(event, EndOfMessage):
-                self._response_end(event.trailers)
-            elif event is PAUSED:
-                self._upgraded()
-            elif isinstance(event, ConnectionClosed):
-                self.upstream_lost(None)
-
-    def _relay_interim(self, response: Response) -> None:
-        # 1xx answers (100 Continue, 103 Early Hints) mean nothing to an HTTP/1.0 client.
-        if self.request.version == "HTTP/1.1":
-            self.session.send(
-                serialize_response_head(response.status, response.reason, response.headers)
-            )
-
-    def _response_head(self, response: Response) -> None:
-        self._cancel_first_byte_timer()
-        self.response = response
-        if self.on_head is not None and self.on_head(self, response):
-            return  # the cache took over (a 304 that refreshed a stored entry)
-        session = self.session
-        session.fire("response_head")
-        session.status = response.status
-        if session.result == "NONE":
-            session.result = "TCP_MISS"
-        framing = response_framing(self.request.method, response)
-        self.response_framing = framing
-        upgrade = response.status == 101
-        headers = strip_hop_by_hop(response.headers, keep_upgrade=upgrade)
-        add_via(headers, response.version, session.config.via_pseudonym)
-        if session.cache_status is not None:
-            headers.add("Cache-Status", session.cache_status)
-        chunked = False
-        if framing in (CHUNKED, UNTIL_CLOSE):
-            headers.remove("Content-Length")
-            if self.request.version == "HTTP/1.1":
-                chunked = True
-                codings = [
-                    c
-                    for c in response.headers.get_list("transfer-encoding")
-                    if c.lower() != "chunked"
-                ]
-                headers.add("Transfer-Encoding", ", ".join([*codings, "chunked"]))
-        self.client_writer = BodyWriter(chunked=chunked)
-        self.client_reusable = (
-            session.client_keeps_alive() and (chunked or framing != UNTIL_CLOSE) and not upgrade
-        )
-        if not upgrade:
-            if not self.client_reusable:
-                headers.add("Connection", "close")
-            elif self.request.version == "HTTP/1.0":
-                headers.add("Connection", "keep-alive")
-        session.send(serialize_response_head(response.status, response.reason, headers))
-        self._arm_idle_timer()
-
-    def _response_body(self, data: bytes) -> None:
-        self.response_bytes += len(data)
-        if self.cache_writer is not None:
-            self.cache_writer.write(data)
-        self.session.send(self.client_writer.write(data))
-
-    def _response_end(self, trailers: Headers) -> None:
-        response = self.response
-        assert response is not None
-        self.session.send(self.client_writer.end(trailers))
-        if self.cache_writer is not None:
-            self.cache_writer.finish()
-            self.cache_writer = None
-        reuse = (
-            self.request_done
-            and keep_alive(response.version, response.headers)
-            and self.response_framing != UNTIL_CLOSE
-        )
-        self._finish(
-            reuse_upstream=reuse, client_reusable=self.client_reusable and self.request_done
-        )
-
-    def divert(self, then: Any) -> None:
-        """Swallow the rest of this (bodiless) response, then call *then* instead of relaying."""
-        self._cancel_timers()
-        self._diverted = then
-
-    def _diverted_end(self) -> None:
-        response = self.response
-        assert response is not None
-        then = self._diverted
-        self.done = True
-        self.session.exchange = None
-        reuse = self.request_done and keep_alive(response.version, response.headers)
-        self._release_upstream(reuse=reuse)
-        then()
-
-    def _upgraded(self) -> None:
-        # 101 Switching Protocols: both connections become one byte relay (e.g. WebSocket).
-        response = self.response
-        if response is None or response.status != 101:
-            self._origin_broke(502, "the origin switched protocols without a 101 response")
-            return
-        self.done = True
-        self._cancel_timers()
-        session = self.session
-        session.exchange = None
-        session.fire("upgraded")
-        session.result = "TCP_UPGRADE"
-        upstream = self.upstream
-        upstream.owner = None
-        transport = upstream.transport
-        assert transport is not None
-        early_down = upstream.parser.take_trailing_data()
-        early_up = session.parser.take_trailing_data()
-        session.start_tunnel(transport, early_up, early_down)
 
     # -- failures --------------------------------------------------------------------------------
 

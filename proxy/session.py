@@ -14,16 +14,11 @@ after the steps of one request (see the data flow in the docs' architecture page
     READING_REQUEST -> CHECKING_POLICY -> [LOOKING_UP_CACHE] -> RESOLVING -> CONNECTING
       -> FORWARDING -> RELAYING_RESPONSE -> READING_REQUEST (keep-alive) or CLOSING -> CLOSED
 
-The steps live where they are explained: the rules of CHECKING_POLICY in :mod:`proxy.policy`,
-RESOLVING and CONNECTING in :class:`proxy.dialer.Dialer`, the cache states in
-:mod:`proxy.cachestep`, forwarding one request and relaying its response in
-:class:`proxy.forward.Exchange`; CONNECT becomes a :class:`proxy.tunnel.Tunnel`. Answers the
-proxy writes itself (errors, 403, its own status pages) go through :meth:`ClientSession.answer`.
-
-Every callback that reaches the session from outside its own transport (timers, the resolver,
-the connect attempt, the origin connection) is wrapped by :func:`proxy.guard.guarded`: an
-unexpected exception becomes a 500 (or a reset, if the response had begun) for this client
-alone.
+The steps live where they are explained: CHECKING_POLICY's rules in :mod:`proxy.policy`,
+RESOLVING/CONNECTING in :mod:`proxy.dialer`, the cache states in :mod:`proxy.cachestep`,
+FORWARDING/RELAYING_RESPONSE in :mod:`proxy.forward`, and tunnels, the proxy's own answers
+and every ending in :mod:`proxy.outcomes`, a mixin this class inherits. Callbacks from outside
+the client's transport are wrapped by :func:`proxy.guard.guarded`.
 """
 
 from __future__ import annotations
@@ -43,17 +38,14 @@ from .http11 import (
     NEED_DATA,
     PAUSED,
     ConnectionClosed,
-    EndOfMessage,
     Headers,
     ProtocolError,
     Request,
     RequestParser,
-    keep_alive,
 )
-from .pages import error_page, simple_response
+from .outcomes import Outcomes
 from .policy import max_forwards_reply, target_refusal
 from .states import INITIAL_STATE, SessionState, next_state
-from .stats import RequestRecord
 from .target import Target, has_via_loop, parse_target
 from .tunnel import Tunnel
 from .upstream import Upstream
@@ -68,8 +60,8 @@ S = SessionState
 PIPELINE_BUFFER_LIMIT = 256 * 1024
 
 
-class ClientSession(Protocol):
-    """The proxy's side of one client connection."""
+class ClientSession(Outcomes, Protocol):
+    """The proxy's side of one client connection (the endings are in :class:`Outcomes`)."""
 
     # Slots, not a __dict__: every open connection, idle tunnels included, holds one session.
     __slots__ = (
@@ -392,233 +384,6 @@ class ClientSession(Protocol):
         self.fire("retry_fresh_connection")
         self.resolve()
         return True
-
-    def send(self, data: bytes) -> None:
-        """Write response bytes to the client, counting them."""
-        if self.transport is not None and data:
-            self.response_started = True
-            self.bytes_sent += len(data)
-            self.ctx.stats.bytes_to_clients += len(data)
-            self.transport.write(data)
-
-    def exchange_finished(self, reusable: bool) -> None:
-        """The response is complete: log it and read the next request or close."""
-        self.exchange = None
-        self.finish_request(reusable)
-
-    def upstream_failed_midway(self) -> None:
-        """The origin vanished mid-body: reset the client, never fake a complete message."""
-        self.exchange = None
-        self.result = self.result + "_ABORTED"
-        self.fire("upstream_failed")
-        self.log_request()
-        if self.transport is not None:
-            # What the client was promised so far goes out before the reset, not dropped.
-            self.transport.uncork()
-            self.transport.abort(ConnectionAbortedError("origin closed mid-response"))
-
-    # -- TUNNEL_OPEN -----------------------------------------------------------------------------
-
-    def _open_tunnel(self, sock: socket.socket) -> None:
-        assert self.transport is not None
-        upstream_transport = Transport(self.reactor, sock, Protocol())
-        self.fire("tunnel_connected")
-        self.status = 200
-        self.result = "TCP_TUNNEL"
-        self.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
-        self.start_tunnel(upstream_transport, self.parser.take_trailing_data())
-
-    def start_tunnel(self, upstream: Transport, early_up: bytes, early_down: bytes = b"") -> None:
-        """Join the client and *upstream* transports into a byte relay."""
-        assert self.transport is not None
-        self.tunnel = Tunnel(
-            self.reactor,
-            self.transport,
-            upstream,
-            idle_timeout=self.config.idle_timeout,
-            on_closed=self._tunnel_closed,
-        )
-        self.tunnel.start(early_up, early_down)
-
-    @guarded
-    def _tunnel_closed(self, tunnel: Tunnel, exc: BaseException | None) -> None:
-        self.bytes_sent += tunnel.bytes_down
-        self.ctx.stats.bytes_to_clients += tunnel.bytes_down
-        self.ctx.stats.bytes_from_clients += tunnel.bytes_up
-        self.tunnel = None
-        self.log_request()
-        self.fire("tunnel_closed")
-        self.fire("closed")
-        self.ctx.session_closed(self)
-
-    # -- ANSWERING: responses the proxy writes itself --------------------------------------------
-
-    def answer(
-        self,
-        status: int,
-        body: bytes,
-        *,
-        content_type: str = "text/html; charset=utf-8",
-        close: bool = False,
-        result: str = "NONE",
-        extra: Headers | None = None,
-    ) -> None:
-        """Write a complete local response and finish the request."""
-        request = self.request
-        reusable = (
-            not close
-            and request is not None
-            and request.method != "CONNECT"
-            and self.finish_reading_request()
-            and self._client_wants_more(request)
-        )
-        self.status = status
-        self.result = result
-        head_only = request is not None and request.method == "HEAD"
-        self.send(
-            simple_response(
-                status,
-                body,
-                content_type=content_type,
-                close=not reusable,
-                head_only=head_only,
-                extra=extra,
-            )
-        )
-        self.finish_request(reusable)
-
-    def answer_error(
-        self,
-        status: int,
-        detail: str,
-        *,
-        close: bool = False,
-        result: str = "NONE",
-        extra: Headers | None = None,
-    ) -> None:
-        """Answer with a short error page naming *detail*; it is logged too."""
-        if status >= 500 or status == 408:
-            log.info("%s %s: %d %s", self.client, self._request_label(), status, detail)
-        self.answer(status, error_page(status, detail), close=close, result=result, extra=extra)
-
-    def finish_reading_request(self) -> bool:
-        """Consume what is left of the current request; False if it has not all arrived.
-
-        Idempotent: once the request's end was seen (here or by the exchange forwarding its
-        body) it returns True without touching the parser, which may already hold the next
-        pipelined request.
-        """
-        while not self.request_fully_read:
-            try:
-                event = self.parser.next_event()
-            except ProtocolError:
-                return False
-            if isinstance(event, EndOfMessage):
-                self.request_fully_read = True
-            elif event is NEED_DATA or not hasattr(event, "data"):
-                return False
-        return True
-
-    def _client_wants_more(self, request: Request) -> bool:
-        # After the client's EOF, requests it pipelined before it are still answered.
-        return (
-            keep_alive(request.version, request.headers)
-            and (not self.client_eof or self.parser.buffered > 0)
-            and not self.ctx.shutting_down
-        )
-
-    def client_keeps_alive(self) -> bool:
-        """Whether the client connection may carry another request after this one."""
-        return self.request is not None and self._client_wants_more(self.request)
-
-    # -- finishing -------------------------------------------------------------------------------
-
-    def finish_request(self, reusable: bool) -> None:
-        """Log the request, then go back to READING_REQUEST or close."""
-        self.log_request()
-        if reusable:
-            self.fire("response_done")
-            self.request = None
-            self._arm_request_timer()
-            assert self.transport is not None
-            self.transport.resume_reading()
-            if self.parser.buffered:
-                self.reactor.call_soon(self._continue_pipeline)
-        else:
-            self.fire("response_done_close")
-            self._close()
-
-    @guarded
-    def _continue_pipeline(self) -> None:
-        if self.state is S.READING_REQUEST:
-            self.read_request()
-
-    def log_request(self) -> None:
-        """Write the access-log line of the current request (once) and release its cache plan."""
-        if self.logged:
-            return
-        self.logged = True
-        if self.cache_plan is not None and self.ctx.cache_step is not None:
-            self.ctx.cache_step.request_ended(self)
-        request = self.request
-        url = self.target.url if self.target is not None else (request.target if request else "-")
-        if request is not None and request.method == "CONNECT" and self.target is not None:
-            url = f"{self.target.host}:{self.target.port}"
-        self.ctx.stats.finished(
-            RequestRecord(
-                at=self.ctx.stats.clock(),
-                client=self.client,
-                method=request.method if request else "-",
-                url=url,
-                status=self.status,
-                bytes_sent=self.bytes_sent,
-                duration=self.reactor.time() - self.started,
-                result=self.result,
-            )
-        )
-
-    def _request_label(self) -> str:
-        if self.request is None:
-            return "-"
-        return f"{self.request.method} {self.request.target[:200]}"
-
-    def _close(self) -> None:
-        self._cancel_timer()
-        if self.transport is not None:
-            self.transport.close()
-
-    def shutdown(self) -> None:
-        """The proxy is stopping: close now if idle, else finish the exchange and close."""
-        if self.state is S.READING_REQUEST and not self.parser.buffered:
-            self.fire("shutdown")
-            self._close()
-
-    def abort(self) -> None:
-        """Drop the connection now (end of the shutdown grace period)."""
-        if self.tunnel is not None:
-            self.tunnel.abort()
-        elif self.transport is not None:
-            self.transport.abort()
-
-    def internal_error(self, exc: BaseException) -> None:
-        """A bug surfaced while serving this client: 500 if we can, else reset."""
-        log.error("internal error serving %s %s", self.client, self._request_label(), exc_info=exc)
-        if self.exchange is not None:
-            self.exchange.client_lost()
-            self.exchange = None
-        if self.state is S.CLOSED:
-            return
-        if self.state is not S.CLOSING:
-            self.fire("internal_error")
-        if not self.response_started and self.transport is not None:
-            self.status = 500
-            self.send(
-                simple_response(500, error_page(500, "internal error in the proxy"), close=True)
-            )
-            self.log_request()
-            self._close()
-        elif self.transport is not None:
-            self.transport.abort(exc)
 
     # -- timers ----------------------------------------------------------------------------------
 

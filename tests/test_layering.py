@@ -109,23 +109,7 @@ def test_module_opens_with_a_docstring(path):
     assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
 
 
-OVERSIZED = {
-    "proxy/session.py": "BUG: proxy/session.py is over 600 lines (DESIGN rule 6: about 300)",
-    "proxy/forward.py": "BUG: proxy/forward.py is over 400 lines (DESIGN rule 6: about 300)",
-}
-
-
-def _size_params() -> list:
-    params = []
-    for path in FILES:
-        marks = []
-        if rel(path) in OVERSIZED:
-            marks.append(pytest.mark.xfail(strict=True, reason=OVERSIZED[rel(path)]))
-        params.append(pytest.param(path, id=rel(path), marks=marks))
-    return params
-
-
-@pytest.mark.parametrize("path", _size_params())
+@pytest.mark.parametrize("path", FILES, ids=rel)
 def test_module_size(path):
     lines = len(path.read_text(encoding="utf-8").splitlines())
     assert lines <= MAX_LINES, f"{rel(path)} has {lines} lines (limit {MAX_LINES})"

@@ -27,9 +27,6 @@ from proxy.http11 import Headers
 
 WAIT = 10.0  # generous bound on every wait; a pass takes milliseconds
 
-# Whether the integration patch (see the hardening issue) is applied to proxy/forward.py.
-
-
 # -- helpers ----------------------------------------------------------------------------------
 
 
