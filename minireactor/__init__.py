@@ -16,11 +16,12 @@ from .loop import Reactor
 from .protocol import Protocol
 from .resolver import Resolver, StaticResolver, numeric_address
 from .server import Server, bind_socket, listen
-from .timers import Handle, TimerHandle
+from .timers import Deadline, Handle, TimerHandle
 from .transport import Transport
 
 __all__ = [
     "ConnectAttempt",
+    "Deadline",
     "Handle",
     "Protocol",
     "Reactor",

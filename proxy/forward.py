@@ -84,8 +84,6 @@ class Exchange(ResponseRelay):
         self.cache_writer: Any = None
         self.on_head: Any = None
         self._diverted: Any = None
-        self._first_byte_timer: Any = None
-        self._idle_timer: Any = None
         self._seen: tuple[int, int] = (-1, -1)
 
     # -- sending the request ---------------------------------------------------------------------
@@ -113,9 +111,8 @@ class Exchange(ResponseRelay):
             return
         self.upstream.parser.expect(request.method)
         self.upstream.write(serialize_request_head(request.method, target.path, headers) + early)
-        self._first_byte_timer = self.session.reactor.call_later(
-            config.first_byte_timeout, self._first_byte_timed_out
-        )
+        # The session's deadline is free while it forwards: the exchange's timeouts use it.
+        self.session.deadline.arm(config.first_byte_timeout, self._first_byte_timed_out)
         self.pump_request_body()
         if self.upstream.parser.buffered or self.upstream.eof:
             self.upstream_readable()
@@ -223,7 +220,6 @@ class Exchange(ResponseRelay):
 
     @guarded
     def _first_byte_timed_out(self) -> None:
-        self._first_byte_timer = None
         if self.response is None and not self.done:
             timeout = self.session.config.first_byte_timeout
             self._origin_broke(504, f"the origin sent no response within {timeout:g} s")
@@ -272,12 +268,11 @@ class Exchange(ResponseRelay):
             upstream.abort()
 
     def _arm_idle_timer(self) -> None:
-        idle = self.session.config.idle_timeout
-        self._idle_timer = self.session.reactor.call_later(idle, self._check_idle)
+        # Replaces the first-byte timeout: the head has arrived.
+        self.session.deadline.arm(self.session.config.idle_timeout, self._check_idle)
 
     @guarded
     def _check_idle(self) -> None:
-        self._idle_timer = None
         if self.done:
             return
         # Progress is bytes from the origin or bytes drained by the client: a slow reader
@@ -290,13 +285,5 @@ class Exchange(ResponseRelay):
         self._seen = progress
         self._arm_idle_timer()
 
-    def _cancel_first_byte_timer(self) -> None:
-        if self._first_byte_timer is not None:
-            self._first_byte_timer.cancel()
-            self._first_byte_timer = None
-
     def _cancel_timers(self) -> None:
-        self._cancel_first_byte_timer()
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self.session.deadline.disarm()

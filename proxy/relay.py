@@ -102,7 +102,6 @@ class ResponseRelay:
             )
 
     def _response_head(self, response: Response) -> None:
-        self._cancel_first_byte_timer()
         self.response = response
         if self.on_head is not None and self.on_head(self, response):
             return  # the cache took over (a 304 that refreshed a stored entry)

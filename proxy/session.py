@@ -28,8 +28,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from minireactor import Protocol, Transport
-from minireactor.timers import TimerHandle
+from minireactor import Deadline, Protocol, Transport
 
 from .dialer import Dialer
 from .forward import Exchange
@@ -89,7 +88,7 @@ class ClientSession(Outcomes, Protocol):
         "response_started",
         "logged",
         "cache_status",
-        "_timer",
+        "deadline",
         "_waiting_for_head",
         "_retried",
     )
@@ -112,7 +111,9 @@ class ClientSession(Outcomes, Protocol):
         self.cache_plan: CachePlan | None = None
         self.body_sender: BodySender | None = None
         self.on_state_change: Callable[[SessionState, str, SessionState], None] | None = None
-        self._timer: TimerHandle | None = None
+        # One timeout at a time, whatever the state waits for: the next request, the rest of
+        # a head, the origin's first byte or its next bytes (the exchange arms it then).
+        self.deadline = Deadline(ctx.reactor)
         self._waiting_for_head = False
         self.dialer: Dialer | None = None
         self._retried = False
@@ -173,7 +174,7 @@ class ClientSession(Outcomes, Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Release everything this connection held."""
-        self._cancel_timer()
+        self.deadline.close()
         if self.dialer is not None:
             self.dialer.cancel()
             self.dialer = None
@@ -257,14 +258,12 @@ class ClientSession(Outcomes, Protocol):
 
     @guarded
     def _idle_timed_out(self) -> None:
-        self._timer = None
         if self.state is S.READING_REQUEST:
             self.fire("idle_timeout")
             self._close()
 
     @guarded
     def _head_timed_out(self) -> None:
-        self._timer = None
         if self.state is S.READING_REQUEST:
             self.fire("head_timeout")
             self.request = None
@@ -388,10 +387,7 @@ class ClientSession(Outcomes, Protocol):
     # -- timers ----------------------------------------------------------------------------------
 
     def _arm_timer(self, delay: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = self.reactor.call_later(delay, callback)
+        self.deadline.arm(delay, callback)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline.disarm()

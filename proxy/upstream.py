@@ -22,7 +22,7 @@ import logging
 from typing import Protocol as TypingProtocol
 
 from minireactor import Protocol, Reactor, Transport
-from minireactor.timers import TimerHandle
+from minireactor.timers import Deadline
 
 from .http11 import Limits, ResponseParser
 
@@ -60,7 +60,8 @@ class Upstream(Protocol):
         self.closed = False
         self.eof = False
         self.reused = 0
-        self.idle_timer: TimerHandle | None = None
+        # Created by the pool on the first release: most connections are borrowed at once.
+        self.idle_deadline: Deadline | None = None
 
     def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
         """Remember the transport."""
@@ -85,9 +86,8 @@ class Upstream(Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         """Tell the owner (if any) and leave the pool."""
         self.closed = True
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
+        if self.idle_deadline is not None:
+            self.idle_deadline.close()
         if self.pool is not None:
             self.pool.discard(self)
         owner, self.owner = self.owner, None
@@ -147,9 +147,8 @@ class UpstreamPool:
         idle = self._idle.get(key)
         while idle:
             upstream = idle.pop()
-            if upstream.idle_timer is not None:
-                upstream.idle_timer.cancel()
-                upstream.idle_timer = None
+            if upstream.idle_deadline is not None:
+                upstream.idle_deadline.disarm()
             if upstream.usable:
                 if not idle:
                     del self._idle[key]
@@ -169,7 +168,9 @@ class UpstreamPool:
         if len(idle) >= self.max_per_key:
             idle.popleft().close()
         idle.append(upstream)
-        upstream.idle_timer = self.reactor.call_later(self.idle_timeout, upstream.close)
+        if upstream.idle_deadline is None:
+            upstream.idle_deadline = Deadline(self.reactor)
+        upstream.idle_deadline.arm(self.idle_timeout, upstream.close)
 
     def discard(self, upstream: Upstream) -> None:
         """Forget a connection that closed."""
