@@ -34,7 +34,7 @@ from .http11 import (
     Response,
     serialize_request_head,
 )
-from .http11.framing import CHUNKED, request_framing
+from .http11.framing import CHUNKED
 from .relay import ResponseRelay
 from .states import SessionState
 from .target import Target, add_via, strip_hop_by_hop
@@ -48,7 +48,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
 def _is_upgrade(request: Request) -> bool:
-    return "upgrade" in request.headers and request.headers.has_token("connection", "upgrade")
+    return "upgrade" in request.connection and "upgrade" in request.headers
 
 
 class Exchange(ResponseRelay):
@@ -71,7 +71,7 @@ class Exchange(ResponseRelay):
         self.request = request
         self.target = target
         self.conditional = conditional
-        self.request_framing = request_framing(request)
+        self.request_framing = request.framing
         # A retry on a fresh connection resends a request whose end the first attempt already
         # took from the parser: what follows there belongs to the next request.
         self.request_done = session.request_fully_read
@@ -93,7 +93,9 @@ class Exchange(ResponseRelay):
         request, target = self.request, self.target
         config = self.session.config
         self.upstream.owner = self
-        headers = strip_hop_by_hop(request.headers, keep_upgrade=_is_upgrade(request))
+        headers = strip_hop_by_hop(
+            request.headers, request.connection, keep_upgrade=_is_upgrade(request)
+        )
         headers.set("Host", target.authority)
         if self.conditional is not None:
             for name, value in self.conditional:

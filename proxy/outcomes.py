@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING
 from minireactor import Protocol, Transport
 
 from .guard import guarded
-from .http11 import NEED_DATA, EndOfMessage, Headers, ProtocolError, Request, keep_alive
+from .http11 import NEED_DATA, EndOfMessage, Headers, ProtocolError, Request
+from .http11.framing import persists
 from .pages import error_page, simple_response
 from .states import SessionState
 from .stats import RequestRecord
@@ -174,7 +175,7 @@ class Outcomes:
     def _client_wants_more(self, request: Request) -> bool:
         # After the client's EOF, requests it pipelined before it are still answered.
         return (
-            keep_alive(request.version, request.headers)
+            persists(request.version, request.connection)
             and (not self.client_eof or self.parser.buffered > 0)
             and not self.ctx.shutting_down
         )

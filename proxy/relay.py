@@ -34,10 +34,9 @@ from .http11 import (
     Headers,
     ProtocolError,
     Response,
-    keep_alive,
     serialize_response_head,
 )
-from .http11.framing import CHUNKED, UNTIL_CLOSE, response_framing
+from .http11.framing import CHUNKED, UNTIL_CLOSE, persists
 from .target import add_via, strip_hop_by_hop
 
 if TYPE_CHECKING:
@@ -110,10 +109,10 @@ class ResponseRelay:
         session.status = response.status
         if session.result == "NONE":
             session.result = "TCP_MISS"
-        framing = response_framing(self.request.method, response)
+        framing = response.framing
         self.response_framing = framing
         upgrade = response.status == 101
-        headers = strip_hop_by_hop(response.headers, keep_upgrade=upgrade)
+        headers = strip_hop_by_hop(response.headers, response.connection, keep_upgrade=upgrade)
         add_via(headers, response.version, session.config.via_pseudonym)
         if session.cache_status is not None:
             headers.add("Cache-Status", session.cache_status)
@@ -155,7 +154,7 @@ class ResponseRelay:
             self.cache_writer = None
         reuse = (
             self.request_done
-            and keep_alive(response.version, response.headers)
+            and persists(response.version, response.connection)
             and self.response_framing != UNTIL_CLOSE
         )
         self._finish(
@@ -173,7 +172,7 @@ class ResponseRelay:
         then = self._diverted
         self.done = True
         self.session.exchange = None
-        reuse = self.request_done and keep_alive(response.version, response.headers)
+        reuse = self.request_done and persists(response.version, response.connection)
         self._release_upstream(reuse=reuse)
         then()
 

@@ -82,7 +82,8 @@ class Stats:
         Requests for the proxy's own pages are logged and counted apart (``local``): the
         dashboard polls every second and would otherwise fill the table with itself.
         """
-        access_log.info("%s", record.log_line())
+        if access_log.isEnabledFor(logging.INFO):  # formatting the line costs more than counting
+            access_log.info("%s", record.log_line())
         if record.result == "TCP_LOCAL":
             self.local_requests += 1
             return

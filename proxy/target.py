@@ -18,12 +18,15 @@ added on the way through, so loops and intermediaries can be seen.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+import re
+from typing import NamedTuple
 
 from .http11.errors import ProtocolError
 from .http11.headers import Headers
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80}
+# Controls, space and the characters that would end or reshape an authority.
+_BAD_HOST_CHAR = re.compile(r"[\x00-\x20/\\@?#%]")
 
 HOP_BY_HOP = frozenset(
     {
@@ -41,9 +44,11 @@ HOP_BY_HOP = frozenset(
 """Fields that concern one connection only (RFC 9110 section 7.6.1, plus framing)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
-    """Where a request goes: scheme, host, port and the origin-form path with query."""
+class Target(NamedTuple):
+    """Where a request goes: scheme, host, port and the origin-form path with query.
+
+    A named tuple, not a frozen dataclass: one is made per request, and a tuple is built in C.
+    """
 
     scheme: str
     host: str
@@ -89,7 +94,7 @@ def _split_host_port(authority: str, default_port: int | None) -> tuple[str, int
         raise ProtocolError(f"{authority!r} names no port")
     if not host or not 0 < port < 65536:
         raise ProtocolError(f"bad authority {authority!r}")
-    if any(ch in host for ch in " /\\@?#%") or any(ord(ch) < 33 for ch in host):
+    if _BAD_HOST_CHAR.search(host):
         raise ProtocolError(f"bad host in {authority!r}")
     return host.lower().rstrip("."), port
 
@@ -121,10 +126,15 @@ def parse_target(method: str, target: str) -> Target:
     return Target(scheme, host, port, path)
 
 
-def strip_hop_by_hop(headers: Headers, *, keep_upgrade: bool = False) -> Headers:
-    """Return a copy without hop-by-hop fields; with *keep_upgrade*, keep an ``Upgrade``."""
-    named = headers.get_list("connection")
-    drop = HOP_BY_HOP.union(name.lower() for name in named) if named else HOP_BY_HOP
+def strip_hop_by_hop(
+    headers: Headers, connection: frozenset[str] | None = None, *, keep_upgrade: bool = False
+) -> Headers:
+    """Return a copy without hop-by-hop fields; with *keep_upgrade*, keep an ``Upgrade``.
+
+    *connection* is the message's ``Connection`` tokens when its parser already read them.
+    """
+    named = headers.tokens("connection") if connection is None else connection
+    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
     out = headers.without(drop)
     if keep_upgrade:
         for value in headers.get_all("upgrade"):

@@ -35,6 +35,10 @@ class Request:
     version: str
     #: The header fields in the order received.
     headers: Headers
+    #: How the body is delimited (:mod:`~proxy.http11.framing`), decided once by the parser.
+    framing: int | str = field(default=0, compare=False, repr=False)
+    #: The lower-cased tokens of ``Connection`` (RFC 9110 section 7.6.1), read once by the parser.
+    connection: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -49,6 +53,10 @@ class Response:
     version: str
     #: The header fields in the order received.
     headers: Headers
+    #: How the body is delimited, decided once by the parser (it knows the request method).
+    framing: int | str = field(default=0, compare=False, repr=False)
+    #: The lower-cased tokens of ``Connection``, read once by the parser.
+    connection: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
 
 @dataclass(slots=True)

@@ -68,7 +68,7 @@ def _codings(headers: Headers, status: int) -> list[str]:
 def request_framing(request: Request) -> Framing:
     """Decide how the body of *request* is delimited, refusing ambiguity (400/501)."""
     headers = request.headers
-    hosts = len(headers.get_all("host"))
+    hosts = headers.count("host")
     if hosts > 1:
         raise ProtocolError("more than one Host field")
     if hosts == 0 and request.version == "HTTP/1.1":
@@ -119,11 +119,16 @@ def keep_alive(version: str, headers: Headers) -> bool:
     HTTP/1.1 persists unless ``Connection: close``; HTTP/1.0 only with
     ``Connection: keep-alive``; anything else does not.
     """
-    if headers.has_token("connection", "close"):
+    return persists(version, headers.tokens("connection"))
+
+
+def persists(version: str, connection: frozenset[str]) -> bool:
+    """:func:`keep_alive` from the ``Connection`` tokens a parser already read (``.connection``)."""
+    if "close" in connection:
         return False
     if version == "HTTP/1.1":
         return True
-    return version == "HTTP/1.0" and headers.has_token("connection", "keep-alive")
+    return version == "HTTP/1.0" and "keep-alive" in connection
 
 
 def reason_phrase(status: int) -> str:

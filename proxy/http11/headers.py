@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator
 
+_NO_TOKENS: frozenset[str] = frozenset()
+
 
 class Headers:
     """An ordered list of header fields with case-insensitive look-up by name."""
@@ -23,6 +25,14 @@ class Headers:
         self._fields: list[tuple[str, str]] = list(fields)
         self._names: list[str] = [name.lower() for name, _ in self._fields]
 
+    @classmethod
+    def parsed(cls, fields: list[tuple[str, str]], lower_names: list[str]) -> Headers:
+        """Wrap a parser's *fields* and their already lower-cased names, without copying."""
+        headers = cls.__new__(cls)
+        headers._fields = fields
+        headers._names = lower_names
+        return headers
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """Return the value of the first field called *name*, or *default*."""
         try:
@@ -33,17 +43,33 @@ class Headers:
     def get_all(self, name: str) -> list[str]:
         """Return every value of the fields called *name*, in order."""
         wanted = name.lower()
-        if wanted not in self._names:
+        names = self._names
+        if wanted not in names:
             return []
-        pairs = zip(self._fields, self._names, strict=True)
+        if names.count(wanted) == 1:  # the usual case, found with two C-level scans
+            return [self._fields[names.index(wanted)][1]]
+        pairs = zip(self._fields, names, strict=True)
         return [field[1] for field, lower in pairs if lower == wanted]
+
+    def count(self, name: str) -> int:
+        """How many fields are called *name*."""
+        return self._names.count(name.lower())
 
     def get_list(self, name: str) -> list[str]:
         """Split every field called *name* on commas (RFC 9110 section 5.6.1), dropping blanks."""
         items: list[str] = []
         for value in self.get_all(name):
-            items.extend(part.strip() for part in value.split(",") if part.strip())
+            for part in value.split(","):
+                part = part.strip(" \t")
+                if part:
+                    items.append(part)
         return items
+
+    def tokens(self, name: str) -> frozenset[str]:
+        """The lower-cased comma-separated items of the fields called *name*, as a set."""
+        if name.lower() not in self._names:
+            return _NO_TOKENS
+        return frozenset(item.lower() for item in self.get_list(name))
 
     def has_token(self, name: str, token: str) -> bool:
         """Tell whether the comma-separated field *name* lists *token* (case-insensitive)."""
@@ -91,7 +117,10 @@ class Headers:
 
     def to_bytes(self) -> bytes:
         """Serialise as ``Name: value\\r\\n`` lines (without the blank line that ends a head)."""
-        return "".join(f"{name}: {value}\r\n" for name, value in self._fields).encode("latin-1")
+        if not self._fields:
+            return b""
+        # Each field is a (name, value) pair of str, so ": ".join makes its line, all in C.
+        return ("\r\n".join(map(": ".join, self._fields)) + "\r\n").encode("latin-1")
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._names

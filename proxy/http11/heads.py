@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 
 from .errors import ProtocolError
+from .headers import Headers
 from .receivebuffer import ReceiveBuffer
 
 #: A token (RFC 9110 section 5.6.2): methods, field names, transfer codings.
@@ -38,6 +39,8 @@ _BAD_VALUE_RE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # Every field line of a clean head at once: token, colon, allowed value bytes, CRLF.
 _FIELD_BLOCK_RE = re.compile(rb"(?:" + TOKEN + rb":[\t\x20-\x7e\x80-\xff]*\r\n)*")
 _TARGET_RE = re.compile(rb"[\x21-\x7e]+")
+_VERSIONS = (b"HTTP/1.1", b"HTTP/1.0")
+_REQUEST_LINE_RE = re.compile(b"(" + TOKEN + rb") ([\x21-\x7e]+) (HTTP/[0-9]\.[0-9])")
 _VERSION_RE = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _STATUS_LINE_RE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 _SUPPORTED = {(b"1", b"0"), (b"1", b"1")}
@@ -86,8 +89,8 @@ class HeadReader:
         """Whether part of a head (beyond skipped empty lines) has been consumed."""
         return self._start is not None or bool(self._fields)
 
-    def read(self, buf: ReceiveBuffer) -> tuple[bytes, list[tuple[str, str]]] | None:
-        """Consume complete lines; return ``(start_line, fields)`` once the head is whole.
+    def read(self, buf: ReceiveBuffer) -> tuple[bytes, Headers] | None:
+        """Consume complete lines; return ``(start_line, headers)`` once the head is whole.
 
         Returns ``None`` when more bytes are needed. For trailers *start_line* is ``b""``.
         """
@@ -112,7 +115,7 @@ class HeadReader:
                 continue
             if not line:
                 self._check_line_end(crlf)
-                head = (self._start or b"", self._fields)
+                head = (self._start or b"", Headers(self._fields))
                 self.reset()
                 return head
             self._field_bytes += len(line) + 2
@@ -122,7 +125,7 @@ class HeadReader:
             self._check_line_end(crlf)
             self._fields.append(parse_field_line(line, self._status))
 
-    def _read_clean_head(self, buf: ReceiveBuffer) -> tuple[bytes, list[tuple[str, str]]] | None:
+    def _read_clean_head(self, buf: ReceiveBuffer) -> tuple[bytes, Headers] | None:
         """Fast path: a whole, well-formed head is buffered; parse it with a few C-level calls.
 
         Anything unusual (a bare CR or LF, leading empty lines, a limit reached, a field line
@@ -147,11 +150,14 @@ class HeadReader:
         ):
             return None
         buf.skip(end + 4)
-        fields = []
-        for line in fields_part.decode("latin-1").split("\r\n")[:-1]:
-            name, _, value = line.partition(":")
-            fields.append((name, value.strip(" \t")))
-        return start, fields
+        # The block is known clean, so each line splits at its first colon; list comprehensions
+        # (not a loop of appends) and the names lower-cased here, once, keep this cheap.
+        lines = fields_part.decode("latin-1").split("\r\n")
+        lines.pop()  # the empty string after the last CRLF
+        fields = [
+            (name, value.strip(" \t")) for name, _, value in [x.partition(":") for x in lines]
+        ]
+        return start, Headers.parsed(fields, [name.lower() for name, _ in fields])
 
     def _check_partial(self, buf: ReceiveBuffer) -> None:
         """Fail early when the unterminated line already proves a limit is exceeded."""
@@ -202,6 +208,11 @@ def is_token(text: bytes) -> bool:
 
 def parse_request_line(line: bytes) -> tuple[str, str, str]:
     """Split ``method SP request-target SP HTTP-version`` (RFC 9112 section 3)."""
+    match = _REQUEST_LINE_RE.fullmatch(line)
+    if match is not None and match.group(3) in _VERSIONS:
+        # The usual line in one regex; anything else gets the checks below, which name the fault.
+        method, target, version = match.groups()
+        return method.decode("ascii"), target.decode("ascii"), version.decode("ascii")
     if b"\r" in line:
         raise ProtocolError("bare CR in the request-line")
     parts = line.split(b" ")

@@ -140,7 +140,7 @@ class _Parser:
         self._reader = make_reader(framing, self._limits, self._status, self._fields_status)
         self._state = _BODY
 
-    def _head_done(self, start: bytes, fields: list[tuple[str, str]]) -> Request | Response:
+    def _head_done(self, start: bytes, headers: Headers) -> Request | Response:
         raise NotImplementedError
 
     def _after_body(self) -> str:
@@ -167,15 +167,15 @@ class RequestParser(_Parser):
             raise RuntimeError("resume() while not paused")
         self._state = _HEAD
 
-    def _head_done(self, start: bytes, fields: list[tuple[str, str]]) -> Request:
+    def _head_done(self, start: bytes, headers: Headers) -> Request:
         method, target, version = parse_request_line(start)
-        request = Request(method, target, version, Headers(fields))
-        framing = request_framing(request)
+        connection = headers.tokens("connection")
+        request = Request(method, target, version, headers, connection=connection)
+        request.framing = framing = request_framing(request)
         if method == "CONNECT":
             self._state = _PAUSED
             return request
-        headers = request.headers
-        self._upgrading = "upgrade" in headers and headers.has_token("connection", "upgrade")
+        self._upgrading = "upgrade" in connection and "upgrade" in headers
         self._start_body(framing)
         return request
 
@@ -205,9 +205,11 @@ class ResponseParser(_Parser):
         """
         self._methods.append(request_method)
 
-    def _head_done(self, start: bytes, fields: list[tuple[str, str]]) -> Response:
+    def _head_done(self, start: bytes, headers: Headers) -> Response:
         version, status, reason = parse_status_line(start)
-        response = Response(status, reason, version, Headers(fields))
+        response = Response(
+            status, reason, version, headers, connection=headers.tokens("connection")
+        )
         if not self._methods:
             raise ProtocolError("response received with no request outstanding", 502)
         if status < 200 and status != 101:
@@ -216,5 +218,6 @@ class ResponseParser(_Parser):
         if status == 101 or (method == "CONNECT" and 200 <= status < 300):
             self._state = _PAUSED
             return response
-        self._start_body(response_framing(method, response))
+        response.framing = framing = response_framing(method, response)
+        self._start_body(framing)
         return response

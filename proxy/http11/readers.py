@@ -24,7 +24,6 @@ import re
 from .errors import ProtocolError
 from .events import Data, EndOfMessage
 from .framing import CHUNKED, UNTIL_CLOSE, Framing
-from .headers import Headers
 from .heads import HeadReader
 from .limits import Limits
 from .receivebuffer import ReceiveBuffer
@@ -167,7 +166,7 @@ class ChunkedReader(BodyReader):
         if section is None:
             return None
         self._step = self._done
-        return EndOfMessage(Headers(section[1]))
+        return EndOfMessage(section[1])
 
     def _done(self, buf: ReceiveBuffer) -> None:
         raise RuntimeError("chunked body already complete")

@@ -30,21 +30,31 @@ def _check(pattern: re.Pattern[str], text: str, what: str) -> None:
         raise ValueError(f"invalid {what}: {text!r}")
 
 
-_FIELD_LINES_RE = re.compile(rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: [\t\x20-\x7e\x80-\xff]*\r\n)*")
+_FIELD_LINES = rb"(?:" + TOKEN + rb": [\t\x20-\x7e\x80-\xff]*\r\n)*"
+_FIELD_LINES_RE = re.compile(_FIELD_LINES)
+# A whole head minus its final empty line, checked by one regex: the hot path of every message.
+_REQUEST_HEAD_RE = re.compile(TOKEN + rb" [\x21-\x7e]+ HTTP/[0-9]\.[0-9]\r\n" + _FIELD_LINES)
+_RESPONSE_HEAD_RE = re.compile(
+    rb"HTTP/[0-9]\.[0-9] [0-9]{3} [\t\x20-\x7e\x80-\xff]*\r\n" + _FIELD_LINES
+)
 
 
 def _fields(headers: Headers) -> bytes:
-    # One regex over the whole block instead of two per field: the hot path of every response.
     try:
         block = headers.to_bytes()
     except UnicodeEncodeError:
         block = b"\0"  # not latin-1: let the per-field checks name the culprit
     # The line count catches a value holding CRLF plus text that looks like another field.
     if block.count(b"\n") != len(headers) or _FIELD_LINES_RE.fullmatch(block) is None:
-        for name, value in headers:  # find which field is wrong, for the message
-            _check(_TOKEN_RE, name, "field name")
-            _check(_TEXT_RE, value, "field value")
+        _explain_fields(headers)
     return block
+
+
+def _explain_fields(headers: Headers) -> None:
+    for name, value in headers:  # find which field is wrong, for the message
+        _check(_TOKEN_RE, name, "field name")
+        _check(_TEXT_RE, value, "field value")
+    raise ValueError("invalid header fields")  # unreachable unless the patterns disagree
 
 
 def serialize_request_head(
@@ -54,11 +64,16 @@ def serialize_request_head(
 
     :raises ValueError: a part holds characters that would break the framing.
     """
-    _check(_TOKEN_RE, method, "method")
-    _check(_TARGET_RE, target, "request-target")
-    _check(_VERSION_RE, version, "HTTP-version")
-    start = f"{method} {target} {version}\r\n".encode("ascii")
-    return start + _fields(headers) + b"\r\n"
+    try:
+        head = f"{method} {target} {version}\r\n".encode("ascii") + headers.to_bytes()
+    except UnicodeEncodeError:
+        head = b"\0"
+    if head.count(b"\n") != len(headers) + 1 or _REQUEST_HEAD_RE.fullmatch(head) is None:
+        _check(_TOKEN_RE, method, "method")
+        _check(_TARGET_RE, target, "request-target")
+        _check(_VERSION_RE, version, "HTTP-version")
+        _explain_fields(headers)
+    return head + b"\r\n"
 
 
 def serialize_response_head(
@@ -72,10 +87,15 @@ def serialize_response_head(
     """
     if not 100 <= status <= 999:
         raise ValueError(f"invalid status code: {status!r}")
-    _check(_VERSION_RE, version, "HTTP-version")
-    _check(_TEXT_RE, reason, "reason phrase")
-    start = f"{version} {status:03d} {reason}\r\n".encode("latin-1")
-    return start + _fields(headers) + b"\r\n"
+    try:
+        head = f"{version} {status:03d} {reason}\r\n".encode("latin-1") + headers.to_bytes()
+    except UnicodeEncodeError:
+        head = b"\0"
+    if head.count(b"\n") != len(headers) + 1 or _RESPONSE_HEAD_RE.fullmatch(head) is None:
+        _check(_VERSION_RE, version, "HTTP-version")
+        _check(_TEXT_RE, reason, "reason phrase")
+        _explain_fields(headers)
+    return head + b"\r\n"
 
 
 class BodyWriter:
