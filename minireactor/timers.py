@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from .loop import Reactor
 
 _sequence = itertools.count()
+_monotonic = time.monotonic
 
 
 class Handle:
@@ -160,7 +162,7 @@ class Deadline:
 
     def arm(self, delay: float, callback: Callable[[], Any]) -> None:
         """Call *callback* in *delay* seconds, replacing whatever was armed."""
-        when = self._reactor.time() + delay
+        when = _monotonic() + delay  # Reactor.time(), without a method call per re-arm
         self._when = when
         self._callback = callback
         entry = self._entry
@@ -186,7 +188,7 @@ class Deadline:
         when = self._when
         if when is None:
             return
-        if when > self._reactor.time():
+        if when > _monotonic():
             self._entry = self._reactor.call_at(when, self._due)  # moved later meanwhile
             return
         callback = self._callback

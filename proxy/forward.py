@@ -75,16 +75,19 @@ class Exchange(ResponseRelay):
         # A retry on a fresh connection resends a request whose end the first attempt already
         # took from the parser: what follows there belongs to the next request.
         self.request_done = session.request_fully_read
-        self.response: Response | None = None
-        self.response_bytes = 0
-        self.done = False
-        self.upstream_paused = False
-        self.client_writer = BodyWriter(chunked=False)
-        self.client_reusable = False
-        self.cache_writer: Any = None
-        self.on_head: Any = None
-        self._diverted: Any = None
-        self._seen: tuple[int, int] = (-1, -1)
+
+    # Per-exchange state that starts the same every time: class defaults, shadowed on first
+    # assignment, so a new exchange costs fewer attribute stores.
+    response: Response | None = None
+    response_bytes = 0
+    done = False
+    upstream_paused = False
+    client_writer: BodyWriter | None = None  # set with the response head
+    client_reusable = False
+    cache_writer: Any = None
+    on_head: Any = None
+    _diverted: Any = None
+    _seen: tuple[int, int] = (-1, -1)
 
     # -- sending the request ---------------------------------------------------------------------
 

@@ -143,11 +143,13 @@ class ResponseRelay:
         self.response_bytes += len(data)
         if self.cache_writer is not None:
             self.cache_writer.write(data)
+        assert self.client_writer is not None
         self.session.send(self.client_writer.write(data))
 
     def _response_end(self, trailers: Headers) -> None:
         response = self.response
         assert response is not None
+        assert self.client_writer is not None
         self.session.send(self.client_writer.end(trailers))
         if self.cache_writer is not None:
             self.cache_writer.finish()

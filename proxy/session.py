@@ -44,7 +44,7 @@ from .http11 import (
 )
 from .outcomes import Outcomes
 from .policy import max_forwards_reply, target_refusal
-from .states import INITIAL_STATE, SessionState, next_state
+from .states import INITIAL_STATE, TRANSITIONS, SessionState, next_state
 from .target import Target, has_via_loop, parse_target
 from .tunnel import Tunnel
 from .upstream import Upstream
@@ -133,7 +133,7 @@ class ClientSession(Outcomes, Protocol):
     def fire(self, trigger: str) -> SessionState:
         """Move to the state :data:`~proxy.states.TRANSITIONS` names for *trigger*."""
         old = self.state
-        new = next_state(old, trigger)
+        new = TRANSITIONS.get((old, trigger)) or next_state(old, trigger)  # which raises
         self.state = new
         self.ctx.stats.moved(old, new)
         if self.on_state_change is not None:

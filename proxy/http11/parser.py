@@ -105,36 +105,38 @@ class _Parser:
         if self._error is not None:
             raise self._error
         try:
-            return self._next_event()
+            if self._state is not _BODY:
+                return self._head_event()
+            # Inline, not a helper: most events of a busy connection are body events.
+            reader = self._reader
+            assert reader is not None
+            event = reader.read(self._buf)
+            if event is None:
+                if not self._eof:
+                    return NEED_DATA
+                event = reader.eof()
+            if isinstance(event, EndOfMessage):
+                self._reader = None
+                self._state = self._after_body()
+            return event
         except ProtocolError as error:
             self._error = error
             raise
 
-    def _next_event(self) -> Request | Response | Data | EndOfMessage | ConnectionClosed | Sentinel:
+    def _head_event(self) -> Request | Response | ConnectionClosed | Sentinel:
         if self._state is _PAUSED:
             return PAUSED
         if self._state is _CLOSED:
             return ConnectionClosed()
-        if self._state is _HEAD:
-            head = self._head.read(self._buf)
-            if head is not None:
-                return self._head_done(*head)
-            if not self._eof:
-                return NEED_DATA
-            if len(self._buf) or self._head.started:
-                raise ProtocolError("connection closed inside a head", self._status)
-            self._state = _CLOSED
-            return ConnectionClosed()
-        assert self._reader is not None
-        event = self._reader.read(self._buf)
-        if event is None:
-            if not self._eof:
-                return NEED_DATA
-            event = self._reader.eof()
-        if isinstance(event, EndOfMessage):
-            self._reader = None
-            self._state = self._after_body()
-        return event
+        head = self._head.read(self._buf)
+        if head is not None:
+            return self._head_done(*head)
+        if not self._eof:
+            return NEED_DATA
+        if len(self._buf) or self._head.started:
+            raise ProtocolError("connection closed inside a head", self._status)
+        self._state = _CLOSED
+        return ConnectionClosed()
 
     def _start_body(self, framing: int | str) -> None:
         self._reader = make_reader(framing, self._limits, self._status, self._fields_status)

@@ -122,7 +122,7 @@ class BodyWriter:
         if not data:
             return b""  # a zero-length chunk would end the body
         if not self.chunked:
-            return bytes(data)
+            return data if type(data) is bytes else bytes(data)
         return b"%x\r\n" % len(data) + data + b"\r\n"
 
     def end(self, trailers: Headers | None = None) -> bytes:
