@@ -42,6 +42,8 @@ READ_SIZE = 256 * 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)
 _UNKNOWN = object()
 _TRY_AGAIN = (BlockingIOError, InterruptedError)
+_MAX_GATHER = 64
+_JOIN_BELOW = 16 * 1024
 _PEER_GONE = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError, TimeoutError)
 
 
@@ -60,6 +62,8 @@ class Transport:
         "_writing_paused",
         "_writer_on",
         "_corked",
+        "_held",
+        "_held_size",
         "_reading",
         "_closing",
         "_eof_pending",
@@ -89,6 +93,8 @@ class Transport:
         self._writing_paused = False
         self._writer_on = False
         self._corked = False
+        self._held: list[bytes | bytearray | memoryview] | None = None  # written while corked
+        self._held_size = 0
         self._reading = False
         self._closing = False
         self._eof_pending = False
@@ -132,7 +138,7 @@ class Transport:
 
     def get_write_buffer_size(self) -> int:
         """Bytes accepted by :meth:`write` but not yet handed to the kernel."""
-        return len(self._buffer)
+        return len(self._buffer) + self._held_size
 
     @property
     def is_closing(self) -> bool:
@@ -184,7 +190,16 @@ class Transport:
         """Queue *data*; never blocks. Ignored after close or half-close."""
         if self._closed or self._closing or self._eof_pending or self._eof_sent or not data:
             return
-        if not self._buffer and not self._corked:
+        if self._corked:
+            # Held by reference, not copied: uncork() hands them all to one sendmsg().
+            if self._held is None:
+                self._held = [data]
+            else:
+                self._held.append(data)
+            self._held_size += len(data)
+            self._check_high_water()
+            return
+        if not self._buffer:
             try:
                 sent = self.sock.send(data)
             except _TRY_AGAIN:
@@ -196,15 +211,16 @@ class Transport:
                 return
             data = memoryview(data)[sent:]
         self._buffer += data
-        if not self._corked:
-            self._want_writable()
+        self._want_writable()
         self._check_high_water()
 
     def cork(self) -> None:
         """Collect writes without sending until :meth:`uncork`.
 
         A response head, its body and its end written in one callback then leave in one
-        ``send`` instead of three: fewer system calls and fewer small TCP segments.
+        system call instead of three: fewer system calls and fewer small TCP segments. The
+        pieces are held by reference and sent with one ``sendmsg`` (gather I/O), so a large
+        body written while corked is not copied into the buffer first.
         """
         self._corked = True
 
@@ -213,8 +229,40 @@ class Transport:
         if not self._corked:
             return
         self._corked = False
-        if self._buffer and not self._writer_on and not self._closed:
-            self._on_writable()
+        held = self._held
+        if held is None:
+            return
+        size = self._held_size
+        self._held = None
+        self._held_size = 0
+        if self._closed:
+            return
+        if self._buffer or self._writer_on:
+            for piece in held:  # older bytes wait in the buffer: keep the order
+                self._buffer += piece
+            self._want_writable()
+            return
+        if len(held) > 1 and (size <= _JOIN_BELOW or len(held) > _MAX_GATHER):
+            # Copying a few small pieces is cheaper than sendmsg's setup (and sendmsg takes
+            # at most IOV_MAX pieces); large pieces go by reference.
+            held = [b"".join(held)]
+        try:
+            sent = self.sock.sendmsg(held) if len(held) > 1 else self.sock.send(held[0])
+        except _TRY_AGAIN:
+            sent = 0
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        for piece in held:  # keep what the kernel did not take
+            size = len(piece)
+            if sent >= size:
+                sent -= size
+                continue
+            self._buffer += memoryview(piece)[sent:]
+            sent = 0
+        if self._buffer:
+            self._want_writable()
+        self._check_low_water()
 
     def _want_writable(self) -> None:
         if not self._writer_on:
@@ -236,8 +284,7 @@ class Transport:
         if self._closed:
             return
         if self._buffer:
-            if not self._corked:
-                self._want_writable()
+            self._want_writable()
             return
         if self._writer_on:
             self._writer_on = False
@@ -248,12 +295,12 @@ class Transport:
             self._finish_close(None)
 
     def _check_high_water(self) -> None:
-        if not self._writing_paused and len(self._buffer) > self.high_water:
+        if not self._writing_paused and len(self._buffer) + self._held_size > self.high_water:
             self._writing_paused = True
             self._guard(self.protocol.pause_writing)
 
     def _check_low_water(self) -> None:
-        if self._writing_paused and len(self._buffer) <= self.low_water:
+        if self._writing_paused and len(self._buffer) + self._held_size <= self.low_water:
             self._writing_paused = False
             self._guard(self.protocol.resume_writing)
 
@@ -306,6 +353,8 @@ class Transport:
             return
         self._closed = True
         self._buffer.clear()
+        self._held = None
+        self._held_size = 0
         self.reactor.remove_reader(self._fd)
         self.reactor.remove_writer(self._fd)
         if exc is not None:

@@ -102,6 +102,25 @@ def test_buffer_fifo_and_compaction():
     assert len(buf) == 0 and buf.take(5) == b""
 
 
+def test_take_view_hands_out_views_of_bytes_fed_whole_and_copies_of_joined_bytes():
+    buf = ReceiveBuffer()
+    fed = b"HEAD\r\n\r\nbody bytes"
+    buf.append(fed)
+    buf.skip(8)
+    view = buf.take_view(4)
+    assert isinstance(view, memoryview) and view.obj is fed and view == b"body"
+    assert buf.take_view(100) == b" bytes" and len(buf) == 0
+    buf.append(b"one ")
+    buf.append(b"two")  # joined into a bytearray the buffer owns and reuses: copied out
+    part = buf.take_view(4)
+    assert type(part) is bytes and part == b"one "
+    buf.append(b" three")  # growing after a take must work: no view of the bytearray is alive
+    assert buf.take_all() == b"two three"
+    whole = b"whole"
+    buf.append(whole)
+    assert buf.take_view(5) is whole
+
+
 def test_buffer_zero_copy_and_line_search_memory():
     buf = ReceiveBuffer()
     block = b"a" * 1000

@@ -36,7 +36,7 @@ def drive(parser, chunks, eof=True):
                     events.append(PAUSED)
                 return False
             if isinstance(event, Data) and events and isinstance(events[-1], Data):
-                events[-1] = Data(events[-1].data + event.data)
+                events[-1] = Data(bytes(events[-1].data) + bytes(event.data))
             else:
                 events.append(event)
             if isinstance(event, ConnectionClosed):

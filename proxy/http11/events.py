@@ -63,8 +63,9 @@ class Response:
 class Data:
     """A piece of a message body, with any transfer coding (chunked framing) removed."""
 
-    #: The body bytes.
-    data: bytes
+    #: The body bytes: ``bytes``, or a read-only ``memoryview`` into the bytes received when
+    #: the body arrived behind its head (no copy); both go straight to ``socket.send``.
+    data: bytes | memoryview
 
 
 @dataclass(slots=True)

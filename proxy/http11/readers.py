@@ -61,7 +61,7 @@ class ContentLengthReader(BodyReader):
             return EndOfMessage()
         if not len(buf):
             return None
-        data = buf.take(self._remaining)
+        data = buf.take_view(self._remaining)
         self._remaining -= len(data)
         return Data(data)
 
@@ -77,7 +77,7 @@ class UntilCloseReader(BodyReader):
 
     def read(self, buf: ReceiveBuffer) -> Data | EndOfMessage | None:
         """Hand out whatever is buffered."""
-        return Data(buf.take_all()) if len(buf) else None
+        return Data(buf.take_view(len(buf))) if len(buf) else None
 
     def eof(self) -> EndOfMessage:
         """The close is the end of the body."""
@@ -144,7 +144,7 @@ class ChunkedReader(BodyReader):
     def _data(self, buf: ReceiveBuffer) -> Data | None:
         if not len(buf):
             return None
-        data = buf.take(self._remaining)
+        data = buf.take_view(self._remaining)
         self._remaining -= len(data)
         if not self._remaining:
             self._step = self._data_end

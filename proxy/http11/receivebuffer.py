@@ -78,25 +78,35 @@ class ReceiveBuffer:
 
     def take(self, size: int) -> bytes:
         """Remove and return up to *size* bytes from the front."""
-        if size >= len(self):
-            return self.take_all()
-        with memoryview(self._data) as view:
-            out = bytes(view[self._start : self._start + size])
-        self._start += size
-        self._no_lf = 0
-        return out
+        out = self.take_view(size)
+        return bytes(out) if type(out) is memoryview else out
 
     def take_all(self) -> bytes:
         """Remove and return everything (the very object fed in, when possible)."""
-        if self._start == 0 and isinstance(self._data, bytes):
-            out = self._data
+        return self.take(len(self._data) - self._start)
+
+    def take_view(self, size: int) -> bytes | memoryview:
+        """Like :meth:`take`, but a slice of bytes fed in whole comes back as a view, not a copy.
+
+        Bytes fed into an empty buffer are immutable, so a body that arrived behind its head
+        is handed out as a read-only ``memoryview`` of them (64 KiB copied per response adds
+        up). Bytes the buffer had to join are copied out, since the buffer reuses its storage.
+        """
+        data, start = self._data, self._start
+        available = len(data) - start
+        if size >= available:
+            size = available
+            self._data = b""
+            self._start = 0
         else:
-            with memoryview(self._data) as view:
-                out = bytes(view[self._start :])
-        self._data = b""
-        self._start = 0
+            self._start += size
         self._no_lf = 0
-        return out
+        if type(data) is bytes:
+            if start == 0 and size == len(data):
+                return data
+            return memoryview(data)[start : start + size]
+        with memoryview(data) as view:  # released at once: a viewed bytearray cannot grow
+            return bytes(view[start : start + size])
 
     def skip(self, size: int) -> None:
         """Drop *size* bytes from the front."""
