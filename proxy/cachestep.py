@@ -61,6 +61,10 @@ class _Inflight:
     waiters: list[ClientSession] = field(default_factory=list)
 
 
+# Heads kept per entry: a few variants of Connection and Cache-Status within one Age second.
+_RENDERED_PER_ENTRY = 8
+
+
 class CacheStep:
     """Connects :class:`~proxy.cache.HttpCache` to the session state machine."""
 
@@ -241,22 +245,14 @@ class CacheStep:
         request = session.request
         assert request is not None
         status = entry.status if status is None else status
-        if status == 304:
-            headers = self.cache.not_modified_headers_for(entry)
-        else:
-            headers = self.cache.response_headers_for(entry)
-        headers = strip_hop_by_hop(headers)
-        add_via(headers, "HTTP/1.1", session.config.via_pseudonym)
-        headers.add("Cache-Status", cache_status)
         reusable = session.finish_reading_request() and session.client_keeps_alive()
         if not reusable:
-            headers.add("Connection", "close")
-        elif request.version == "HTTP/1.0":
-            headers.add("Connection", "keep-alive")
+            connection = "close"
+        else:
+            connection = "keep-alive" if request.version == "HTTP/1.0" else ""
         session.status = status
         session.result = result
-        reason = entry.reason if status == entry.status else reason_phrase(status)
-        session.send(serialize_response_head(status, reason, headers))
+        session.send(self._head_for(entry, status, cache_status, connection))
         if request.method == "HEAD" or status == 304 or not entry.body:
             session.finish_request(reusable)
             return
@@ -267,6 +263,37 @@ class CacheStep:
         sender = BodySender(session, entry.body, reusable)
         session.body_sender = sender
         sender.send_more()
+
+    def _head_for(
+        self, entry: StoredResponse, status: int, cache_status: str, connection: str
+    ) -> bytes:
+        """The serialised head for a hit: built once per Age second, then reused from the entry.
+
+        Everything that decides its bytes is in the key, so a reused head is exactly the one
+        that would be built again; a busy entry gets one new head per second.
+        """
+        age = self.cache.age_seconds(entry)
+        key = (status, age, cache_status, connection)
+        rendered = entry.rendered
+        if rendered is not None:
+            head = rendered.get(key)
+            if head is not None:
+                return head
+        if status == 304:
+            headers = self.cache.not_modified_headers_for(entry)
+        else:
+            headers = self.cache.response_headers_for(entry)
+        headers = strip_hop_by_hop(headers)
+        add_via(headers, "HTTP/1.1", self.ctx.config.via_pseudonym)
+        headers.add("Cache-Status", cache_status)
+        if connection:
+            headers.add("Connection", connection)
+        reason = entry.reason if status == entry.status else reason_phrase(status)
+        head = serialize_response_head(status, reason, headers)
+        if rendered is None or len(rendered) >= _RENDERED_PER_ENTRY:
+            rendered = entry.rendered = {}  # older ones name past seconds: drop them
+        rendered[key] = head
+        return head
 
     def snapshot(self) -> dict[str, Any]:
         """Numbers for the status page."""

@@ -241,3 +241,17 @@ def test_connection_survives_a_revalidated_hit(proxy, origin):
         assert (status, "fwd-status=304" in headers["cache-status"]) == (200, True)
         sock.sendall(_get(origin, "/hello"))
         assert read_response(sock)[2] == b"hello from the origin\n"
+
+
+def test_reused_hit_heads_still_follow_each_client_connection(proxy, origin):
+    # Hit heads are serialised once per Age second and reused: a reused head must never carry
+    # another client's Connection decision.
+    fetch(proxy, origin, "/cacheable")
+    kept = fetch(proxy, origin, "/cacheable")
+    closing = fetch(proxy, origin, "/cacheable", headers={"Connection": "close"})
+    kept_again = fetch(proxy, origin, "/cacheable")
+    assert origin.hits["/cacheable"] == 1
+    assert "connection" not in kept[1] and "connection" not in kept_again[1]
+    assert closing[1]["connection"] == "close"
+    assert kept[2] == closing[2] == kept_again[2]
+    assert "hit" in kept_again[1]["cache-status"] and "hit" in closing[1]["cache-status"]

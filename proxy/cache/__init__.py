@@ -233,6 +233,7 @@ class HttpCache:
             headers.set("Date", format_http_date(response_time))
         entry.headers = headers
         entry.judgement = None
+        entry.rendered = None
         entry.request_time = request_time
         entry.response_time = response_time
         self._store.resize(entry)
@@ -270,17 +271,16 @@ class HttpCache:
     def response_headers_for(self, entry: StoredResponse, hit_detail: str = "") -> Headers:
         """Header fields for serving *entry*: a copy with ``Age`` set (RFC 9111 section 5.1).
 
-        *hit_detail* is accepted for the session's convenience and ignored: the proxy writes
-        ``Cache-Status`` itself.
+        *hit_detail* is ignored: the proxy writes ``Cache-Status`` itself.
         """
         headers = entry.headers.copy()
-        headers.set("Age", str(self._age_seconds(entry)))
+        headers.set("Age", str(self.age_seconds(entry)))
         return headers
 
     def not_modified_headers_for(self, entry: StoredResponse) -> Headers:
         """Header fields for a ``304`` answered from *entry*, with ``Age`` (RFC 9110 §15.4.5)."""
         headers = validation.not_modified_fields(entry.headers)
-        headers.set("Age", str(self._age_seconds(entry)))
+        headers.set("Age", str(self.age_seconds(entry)))
         return headers
 
     def client_not_modified(self, entry: StoredResponse, request_headers: Headers) -> bool:
@@ -315,5 +315,6 @@ class HttpCache:
                 dropped += self._store.remove_url(other)
         return dropped
 
-    def _age_seconds(self, entry: StoredResponse) -> int:
+    def age_seconds(self, entry: StoredResponse) -> int:
+        """The ``Age`` value *entry* is served with now (whole seconds, RFC 9111 section 5.1)."""
         return min(DELTA_SECONDS_MAX, max(0, int(self.current_age(entry))))

@@ -23,8 +23,10 @@ response that no longer varies like them would select ambiguously otherwise.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 from proxy.http11.headers import Headers
@@ -35,6 +37,7 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 VariantKey = tuple[str, tuple[str, ...], tuple[str | None, ...]]
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of a string, asked on every look-up
 def normalize_url(url: str) -> str:
     """Normalise an absolute URI into a primary cache key (RFC 9111 section 2).
 
@@ -110,6 +113,9 @@ class StoredResponse:
         directives on every hit would cost more than the rest of the hit):
         ``(freshness lifetime, corrected initial age, response Cache-Control)``; ``None`` until
         first needed and after the fields change.
+    :ivar rendered: response heads a server already serialised from this entry, by whatever
+        decides their bytes (for the proxy: status, Age, ``Cache-Status``, ``Connection``);
+        dropped with :attr:`judgement` when the fields change. A few per entry at most.
     """
 
     url: str
@@ -123,6 +129,7 @@ class StoredResponse:
     vary_key: tuple[str | None, ...] = ()
     size: int = field(default=0)
     judgement: tuple[float, float, object] | None = field(default=None, compare=False, repr=False)
+    rendered: dict[tuple[Any, ...], bytes] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self.size = self.compute_size()

@@ -67,8 +67,15 @@ class Headers:
 
     def tokens(self, name: str) -> frozenset[str]:
         """The lower-cased comma-separated items of the fields called *name*, as a set."""
-        if name.lower() not in self._names:
+        wanted = name.lower()
+        names = self._names
+        if wanted not in names:
             return _NO_TOKENS
+        if names.count(wanted) == 1:
+            value = self._fields[names.index(wanted)][1].lower()
+            if "," not in value:  # one field, one token: the usual "Connection: keep-alive"
+                value = value.strip(" \t")
+                return frozenset((value,)) if value else _NO_TOKENS
         return frozenset(item.lower() for item in self.get_list(name))
 
     def has_token(self, name: str, token: str) -> bool:
@@ -106,13 +113,13 @@ class Headers:
     def without(self, lower_names: Collection[str]) -> Headers:
         """Return a copy without the fields whose lower-cased name is in *lower_names*."""
         clone = Headers.__new__(Headers)
-        pairs = [
-            pair
-            for pair in zip(self._fields, self._names, strict=True)
-            if pair[1] not in lower_names
-        ]
-        clone._fields = [field for field, _ in pairs]
-        clone._names = [lower for _, lower in pairs]
+        fields, names = self._fields.copy(), self._names.copy()
+        # Copy, then delete the few dropped fields from the end backwards: cheaper than
+        # rebuilding both lists, as most fields stay.
+        for index in range(len(names) - 1, -1, -1):
+            if names[index] in lower_names:
+                del fields[index], names[index]
+        clone._fields, clone._names = fields, names
         return clone
 
     def to_bytes(self) -> bytes:

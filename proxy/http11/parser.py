@@ -86,7 +86,7 @@ class _Parser:
     @property
     def buffered(self) -> int:
         """How many received bytes are buffered, not yet handed out as events."""
-        return len(self._buf)
+        return self._buf.size
 
     def take_trailing_data(self) -> bytes:
         """Remove and return every buffered byte that was not parsed.

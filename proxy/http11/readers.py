@@ -174,9 +174,16 @@ class ChunkedReader(BodyReader):
 
 def make_reader(framing: Framing, limits: Limits, status: int, fields_status: int) -> BodyReader:
     """Return the reader for *framing*; errors will carry *status* (400 or 502)."""
+    if framing == 0:
+        return _NO_BODY
     if framing == CHUNKED:
         return ChunkedReader(limits, status, fields_status)
     if framing == UNTIL_CLOSE:
         return UntilCloseReader()
     assert isinstance(framing, int)
     return ContentLengthReader(framing, status)
+
+
+# Most requests have no body: one shared reader that only ever says EndOfMessage (reading
+# zero remaining bytes changes nothing, so sharing it is safe).
+_NO_BODY = ContentLengthReader(0, 400)

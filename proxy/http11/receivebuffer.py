@@ -39,6 +39,11 @@ class ReceiveBuffer:
     def __len__(self) -> int:
         return len(self._data) - self._start
 
+    @property
+    def size(self) -> int:
+        """``len(buffer)``; a property is one call cheaper than ``__len__`` through ``len()``."""
+        return len(self._data) - self._start
+
     def append(self, data: bytes) -> None:
         """Add *data* at the end."""
         if not data:
