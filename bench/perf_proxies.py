@@ -1,4 +1,4 @@
-"""The proxies under test: ours (without and with its cache), and squid, tinyproxy and proxy.py.
+"""The proxies under test: ours (without and with its cache), squid (likewise), tinyproxy, proxy.py.
 
 Theory of operation
 -------------------
@@ -26,7 +26,16 @@ from pathlib import Path
 
 from perf_procs import REPO, Origin, Proc, Stack, clean_env, free_port
 
-PROXIES = ("ours", "ours-cache", "ours-2w", "squid", "tinyproxy", "proxypy")
+PROXIES = (
+    "ours",
+    "ours-cache",
+    "ours-2w",
+    "squid",
+    "squid-cache",
+    "tinyproxy",
+    "proxypy",
+    "floor",
+)
 """Names accepted by ``--proxies``, in the order they appear in the table."""
 
 
@@ -78,8 +87,7 @@ def start_ours(
 SQUID_CONF = """\
 http_port 127.0.0.1:{port}
 http_access allow all
-cache deny all
-cache_mem 8 MB
+{cache}
 access_log none
 cache_store_log none
 cache_log {dir}/cache.log
@@ -94,18 +102,32 @@ forwarded_for delete
 """
 
 
-def start_squid(stack: Stack, tmp: Path, nofile: int) -> Proc | str:
-    """Squid without a cache (``cache deny all``), in the foreground (``-N``)."""
+# Without a cache; with its memory cache only (no disk store), sized like ours by default.
+SQUID_NO_CACHE = "cache deny all\ncache_mem 8 MB"
+SQUID_MEMORY_CACHE = "cache_mem 64 MB\nmaximum_object_size_in_memory 1 MB"
+
+
+def start_squid(stack: Stack, tmp: Path, nofile: int, *, cache: bool = False) -> Proc | str:
+    """Squid in the foreground (``-N``): no cache (``cache deny all``), or its memory cache."""
     squid = shutil.which("squid") or shutil.which("squid", path="/usr/sbin")
     if not squid:
         return "skipped (squid not installed)"
-    folder = _shared_dir(tmp, "squid")
+    name = "squid-cache" if cache else "squid"
+    folder = _shared_dir(tmp, name)
     port = free_port()
     user = "cache_effective_user proxy" if os.geteuid() == 0 else ""
     conf = folder / "squid.conf"
-    conf.write_text(SQUID_CONF.format(port=port, dir=folder, nofile=nofile, user=user))
+    conf.write_text(
+        SQUID_CONF.format(
+            port=port,
+            dir=folder,
+            nofile=nofile,
+            user=user,
+            cache=SQUID_MEMORY_CACHE if cache else SQUID_NO_CACHE,
+        )
+    )
     argv = [squid, "-N", "-f", str(conf)]
-    return stack.spawn("squid", argv, port, folder / "out.log", stop_signal=signal.SIGINT)
+    return stack.spawn(name, argv, port, folder / "out.log", stop_signal=signal.SIGINT)
 
 
 TINYPROXY_CONF = """\
@@ -171,6 +193,13 @@ def start_proxypy(stack: Stack, tmp: Path, given: str | None) -> Proc | str:
     return stack.spawn("proxypy", argv, port, cwd / "out.log", cwd=cwd, env=env)
 
 
+def start_floor(stack: Stack, tmp: Path) -> Proc:
+    """``bench/perf_floor.py``: the least Python per request, to measure the interpreter's cost."""
+    port = free_port()
+    argv = [sys.executable, str(REPO / "bench" / "perf_floor.py"), str(port)]
+    return stack.spawn("floor", argv, port, tmp / "floor.log", stop_signal=signal.SIGINT)
+
+
 def start_proxy(
     name: str,
     stack: Stack,
@@ -191,8 +220,12 @@ def start_proxy(
             return start_ours(stack, tmp, origin, cache=False, workers=2)
         if name == "squid":
             return start_squid(stack, tmp, nofile)
+        if name == "squid-cache":
+            return start_squid(stack, tmp, nofile, cache=True)
         if name == "tinyproxy":
             return start_tinyproxy(stack, tmp, tunnels + 200)
+        if name == "floor":
+            return start_floor(stack, tmp)
         if name == "proxypy":
             return start_proxypy(stack, tmp, proxypy)
     except (OSError, RuntimeError) as exc:

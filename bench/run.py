@@ -170,6 +170,8 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace, tmp: Path, stack: Sta
                     for name, proc in [("direct", None), *procs.items()]:
                         if name == "ours-cache" and scenario.endswith("256m"):
                             continue  # bigger than the cache's largest object: same as ours
+                        if name == "floor" and scenario not in ("ab-k", "ab", "wrk-small"):
+                            continue  # it sends a whole response at once: 100 B ones only
                         runs = raw.setdefault(scenario, {}).setdefault(name, [])
                         if isinstance(proc, str):
                             runs.append({"skipped": proc})
@@ -177,7 +179,8 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace, tmp: Path, stack: Sta
                         _say(f"[rep {rep + 1}/{cfg['reps']}] {scenario} via {name}")
                         runs.append(throughput(scenario, origin, proc, cfg, tmp))
     for scenario in [s for s in cfg["scenarios"] if s in MEMORY]:
-        names = ["direct"] + [p for p in cfg["proxies"] if p not in ("ours-cache", "ours-2w")]
+        skip = ("ours-cache", "ours-2w", "squid-cache", "floor")
+        names = ["direct"] + [p for p in cfg["proxies"] if p not in skip]
         if scenario == "slow-connect":
             names = ["direct", "ours"]  # one variant of the slow reader is enough for the others
         for name in names:
