@@ -115,7 +115,7 @@ class StoredResponse:
         first needed and after the fields change.
     :ivar rendered: response heads a server already serialised from this entry, by whatever
         decides their bytes (for the proxy: status, Age, ``Cache-Status``, ``Connection``);
-        dropped with :attr:`judgement` when the fields change. A few per entry at most.
+        dropped with ``judgement`` when the fields change. A few per entry at most.
     """
 
     url: str
