@@ -27,7 +27,14 @@ from typing import TYPE_CHECKING
 from minireactor import Protocol, Transport
 
 from .guard import guarded
-from .http11 import NEED_DATA, EndOfMessage, Headers, ProtocolError, Request, keep_alive
+from .http11 import (
+    NEED_DATA,
+    EndOfMessage,
+    Headers,
+    ProtocolError,
+    Request,
+    keep_alive,
+)
 from .pages import error_page, simple_response
 from .states import SessionState
 from .stats import RequestRecord
@@ -76,16 +83,17 @@ class Outcomes:
         """Join the client and *upstream* transports into a byte relay."""
         assert self.transport is not None
         self.tunnel = Tunnel(
-            self.reactor,
             self.transport,
             upstream,
-            idle_timeout=self.config.idle_timeout,
-            on_closed=self._tunnel_closed,
+            owner=self,
+            sweep=self.ctx.tunnel_sweep,
+            pipes=self.ctx.pipes,
         )
         self.tunnel.start(early_up, early_down)
 
     @guarded
-    def _tunnel_closed(self, tunnel: Tunnel, exc: BaseException | None) -> None:
+    def tunnel_closed(self, tunnel: Tunnel, exc: BaseException | None) -> None:
+        """The tunnel ended: count its bytes, log the request, and close the session."""
         self.bytes_sent += tunnel.bytes_down
         self.ctx.stats.bytes_to_clients += tunnel.bytes_down
         self.ctx.stats.bytes_from_clients += tunnel.bytes_up
