@@ -298,3 +298,34 @@ def test_splice_can_be_turned_off(make_proxy, monkeypatch):
     assert make_proxy(splice=False).server.ctx.pipes is None
     monkeypatch.setattr(splice, "AVAILABLE", False)
     assert make_proxy().server.ctx.pipes is None
+
+
+def test_an_open_tunnel_sheds_its_http_state_and_still_logs_its_target(make_proxy):
+    from proxy.outcomes import SPENT_PARSER
+
+    proxy = make_proxy()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        with proxy.connect() as sock:
+            authority = f"Origin.TEST:{port}"
+            sock.sendall(f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode())
+            conn, _ = listener.accept()
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+
+            def held() -> list[tuple[object, ...]]:
+                return [
+                    (s.parser is SPENT_PARSER, s.target, s.request.method, s.request.target)
+                    for s in proxy.ctx.sessions
+                    if s.tunnel is not None
+                ]
+
+            assert proxy.call(held) == [(True, None, "CONNECT", f"origin.test:{port}")]
+        conn.close()
+
+    def logged() -> list[tuple[str, str, int]]:
+        return [(r.method, r.url, r.status) for r in proxy.ctx.stats.recent]
+
+    deadline = time.monotonic() + 10
+    while not proxy.call(logged) and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling a condition with a deadline, not a timed assertion
+    assert proxy.call(logged) == [("CONNECT", f"origin.test:{port}", 200)]
