@@ -35,6 +35,7 @@ Linux, or Python before 3.10) :data:`AVAILABLE` is False and callers keep the pl
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -56,6 +57,7 @@ PIPE_SIZE = 256 * 1024
 
 _FLAGS = (os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK) if AVAILABLE else 0
 _TRY_AGAIN = (BlockingIOError, InterruptedError)
+_CANNOT_SPLICE = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
 class Pipe:
@@ -229,7 +231,12 @@ class Splicer(Protocol):
             return
         except OSError as exc:
             pool.release(pipe)  # a failed splice moved nothing: the pipe is still empty
-            source.abort(exc)
+            if exc.errno in _CANNOT_SPLICE:
+                # A socket type without splice support: this end relays the plain way from now.
+                self._pool = None
+                self._read_plain(source)
+            else:
+                source.abort(exc)
             return
         if moved == 0:
             pool.release(pipe)

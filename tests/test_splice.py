@@ -7,6 +7,7 @@ from helper threads. Every wait is on an event or a predicate with a deadline.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import socket
@@ -236,6 +237,27 @@ def test_closing_with_bytes_in_a_pipe_resets_instead_of_faking_an_end(reactor):
         while r.client.recv(1 << 20):
             pass
     r.close_peers()
+    pool.close()
+
+
+@needs_splice
+def test_a_socket_that_cannot_splice_is_relayed_the_plain_way(reactor, monkeypatch):
+    def refuse(*args: object, **kwargs: object) -> int:
+        raise OSError(errno.EINVAL, "splice not supported here")
+
+    monkeypatch.setattr(os, "splice", refuse)
+    pool = PipePool()
+    r = Rig(reactor, pool)
+    data = payload(2 << 20, 8)
+    got, done = bytearray(), threading.Event()
+    background(read_all, r.origin, got, done, 65536)
+    r.client.sendall(data)
+    r.client.shutdown(socket.SHUT_WR)
+    assert r.run_until(done.is_set)
+    assert bytes(got) == data
+    assert pool.in_use == 0
+    r.close_peers()
+    assert r.run_until(lambda: r.finished)
     pool.close()
 
 
