@@ -36,7 +36,6 @@ Linux, or Python before 3.10) :data:`AVAILABLE` is False and callers keep the pl
 from __future__ import annotations
 
 import errno
-import fcntl
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -116,6 +115,8 @@ class PipePool:
         except OSError:  # EMFILE/ENFILE: the caller falls back to recv/send, no harm done
             self.refused += 1
             return None
+        import fcntl  # here, not at the top: the module must import where there is no fcntl
+
         size = 65536
         try:
             size = fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, self.size)
