@@ -8,25 +8,30 @@ absolute URL in the request line, which is what a client of a forward proxy send
 (one large download, through ``CONNECT`` for HTTPS). Each runs under a count *and* a time
 limit, and as a subprocess with a timeout on top.
 
-Memory is measured from the proxy's ``VmRSS``. The two memory scenarios need our own client,
-written here with plain sockets: :func:`idle_tunnels` opens many ``CONNECT`` tunnels in batches
-and holds them; :func:`slow_reader` downloads through the proxy with a tiny receive buffer at a
+Memory is measured from the proxy's ``VmRSS``. The memory scenarios need our own clients:
+:func:`idle_tunnels` opens many ``CONNECT`` tunnels from client processes of :mod:`perf_hold`
+(one descriptor per tunnel each, so they are split across processes) and holds them;
+:func:`slow_reader` downloads through the proxy with a tiny receive buffer at a
 capped rate while a thread samples the proxy's RSS, so a proxy that buffers instead of pausing
 its origin shows it in the peak.
 """
 
 from __future__ import annotations
 
+import collections
+import json
 import re
 import selectors
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from perf_procs import clean_env, rss_kib
+from perf_procs import clean_env, fd_limit, open_fds, rss_kib
 
 Result = dict[str, Any]
 
@@ -124,80 +129,91 @@ def curl_download(url: str, proxy: int | None, *, cacert: str, limit: float) -> 
     return {"mbps": speed / 1e6, "bytes": size}
 
 
+SHARD = 9000
+"""Tunnels per client process: well under its 20,000 descriptors, with room to spare."""
+HOLD = str(Path(__file__).resolve().parent / "perf_hold.py")
+
+
 def idle_tunnels(
     proxy: int | None, pid: int | None, target: tuple[str, int], *, count: int, limit: float
 ) -> Result:
     """Open *count* idle tunnels (plain connections when *proxy* is None) and hold them.
 
-    Tunnels are opened in batches of 250, each batch waiting for its ``200``; the proxy's RSS
-    is read before and once all are open, which gives the memory per tunnel.
+    Client processes of :mod:`perf_hold` open the tunnels, at most :data:`SHARD` each, one
+    after the other; the first that stops short (a failure, the time limit) ends the ramp and
+    its reason is reported. The proxy's RSS (summed over its worker processes) is read before
+    and once all are open, which gives the memory per tunnel; its descriptors are counted too,
+    since the hard ``RLIMIT_NOFILE`` caps a process at about half of it in tunnels.
     """
     deadline = time.monotonic() + limit
     before = rss_kib(pid) if pid else 0
-    held: list[socket.socket] = []
-    ok = failed = 0
+    fds_before = open_fds(pid) if pid else 0
+    shards: list[subprocess.Popen[str]] = []
+    reasons: collections.Counter[str] = collections.Counter()
+    got = {"attempted": 0, "ok": 0, "failed": 0}
+    stopped = "all attempted"
     started = time.monotonic()
-    request = f"CONNECT {target[0]}:{target[1]} HTTP/1.1\r\nHost: {target[0]}:{target[1]}\r\n\r\n"
     try:
-        while ok + failed < count and time.monotonic() < deadline:
-            batch: list[socket.socket] = []
-            for _ in range(min(250, count - ok - failed)):
-                try:
-                    sock = socket.create_connection(("127.0.0.1", proxy or target[1]), timeout=5)
-                    if proxy is not None:
-                        sock.sendall(request.encode())
-                except OSError:
-                    failed += 1
-                    continue
-                batch.append(sock)
-            held += batch
-            if proxy is None:
-                ok += len(batch)
-            else:
-                got = _await_heads(batch, deadline)
-                ok += got
-                failed += len(batch) - got
-            if failed and not ok:
+        while got["attempted"] < count:
+            if time.monotonic() > deadline:
+                stopped = f"stopped at the {limit:g} s limit"
+                break
+            argv = [sys.executable, HOLD, "client", "--target", f"{target[0]}:{target[1]}"]
+            argv += ["--count", str(min(SHARD, count - got["attempted"]))]
+            argv += ["--hold", f"{limit + 60:g}"] + (["--proxy", str(proxy)] if proxy else [])
+            child = subprocess.Popen(
+                argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=clean_env()
+            )
+            shards.append(child)
+            report = _report_line(child, deadline - time.monotonic())
+            if report is None:
+                stopped = "a client process gave no report in time"
+                break
+            for key in got:
+                got[key] += report[key]
+            reasons.update(report["reasons"])
+            if report["stopped"] != "all attempted":
+                stopped = report["stopped"]
                 break
         elapsed = time.monotonic() - started
         time.sleep(0.5)  # let the proxy finish its bookkeeping for the last batch
         after = max(rss_kib(pid) for _ in range(3)) if pid else 0
+        fds_after = open_fds(pid) if pid else 0
     finally:
-        for sock in held:
-            sock.close()
-    result: Result = {"ok": ok, "failed": failed, "open_s": elapsed}
-    if pid and ok:
+        for child in shards:
+            if child.stdin is not None:
+                child.stdin.close()  # the shard closes its tunnels and exits
+        for child in shards:
+            try:
+                child.wait(15)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait(5)
+            if child.stdout is not None:
+                child.stdout.close()
+    result: Result = {**got, "open_s": elapsed, "stopped": stopped, "reasons": dict(reasons)}
+    result["client_processes"] = len(shards)
+    if pid:
+        result.update(proxy_fds_before=fds_before, proxy_fds_after=fds_after)
+        result["proxy_fd_limit"] = fd_limit(pid)
+    if pid and got["ok"]:
         result.update(rss_before_kib=before, rss_after_kib=after)
-        result["kib_per_tunnel"] = (after - before) / ok
+        result["kib_per_tunnel"] = (after - before) / got["ok"]
     return result
 
 
-def _await_heads(socks: list[socket.socket], deadline: float) -> int:
-    """Wait (bounded) until each socket has a response head; count the ``200`` ones."""
+def _report_line(child: subprocess.Popen[str], wait: float) -> dict[str, Any] | None:
+    """The one JSON line a client shard prints once its tunnels are open (None on timeout)."""
+    assert child.stdout is not None
     sel = selectors.DefaultSelector()
-    heads: dict[socket.socket, bytes] = {}
-    for sock in socks:
-        sock.setblocking(False)
-        sel.register(sock, selectors.EVENT_READ)
-        heads[sock] = b""
-    good = 0
-    pending = len(socks)
-    batch_deadline = min(deadline, time.monotonic() + 20)
-    while pending and time.monotonic() < batch_deadline:
-        for key, _ in sel.select(timeout=0.5):
-            sock = key.fileobj
-            assert isinstance(sock, socket.socket)
-            try:
-                data = sock.recv(4096)
-            except OSError:
-                data = b""
-            heads[sock] += data
-            if not data or b"\r\n\r\n" in heads[sock]:
-                sel.unregister(sock)
-                pending -= 1
-                good += heads[sock].startswith((b"HTTP/1.1 200", b"HTTP/1.0 200"))
+    sel.register(child.stdout, selectors.EVENT_READ)
+    ready = sel.select(timeout=max(1.0, wait))
     sel.close()
-    return good
+    line = child.stdout.readline() if ready else ""
+    try:
+        return json.loads(line) if line else None
+    except json.JSONDecodeError:
+        return None
 
 
 def slow_reader(

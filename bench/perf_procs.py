@@ -85,6 +85,51 @@ def rss_kib(pid: int) -> int:
     return total
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds used so far by *pid* and all its descendants."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for p in [pid, *_descendants(pid)]:
+        try:
+            with open(f"/proc/{p}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def open_fds(pid: int) -> int:
+    """Descriptors open in *pid* and all its descendants (0 for what cannot be read)."""
+    total = 0
+    for p in [pid, *_descendants(pid)]:
+        try:
+            total += len(os.listdir(f"/proc/{p}/fd"))
+        except OSError:
+            pass
+    return total
+
+
+def fd_limit(pid: int) -> int | None:
+    """The soft ``RLIMIT_NOFILE`` of *pid* (from ``/proc/PID/limits``), None if unreadable."""
+    try:
+        with open(f"/proc/{pid}/limits") as handle:
+            for line in handle:
+                if line.startswith("Max open files"):
+                    return int(line.split()[3])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def start_holder(stack: Stack, tmp: Path) -> int:
+    """Start :mod:`perf_hold`'s origin, which holds idle connections; return its port."""
+    port = free_port()
+    argv = [sys.executable, str(HERE / "perf_hold.py"), "origin", "--port", str(port)]
+    stack.spawn("holder", argv, port, tmp / "holder.log")
+    return port
+
+
 def _descendants(pid: int) -> list[int]:
     found: list[int] = []
     try:
@@ -237,6 +282,8 @@ class Origin:
     http_port: int
     tls_port: int
     ca: Path
+    hold_port: int | None = None
+    """The idle-connection holder of the tunnel scenario, once started."""
 
     def url(self, name: str, tls: bool = False) -> str:
         """Absolute URL of a served file."""

@@ -28,6 +28,7 @@ from perf_procs import REPO, Origin, Proc, Stack, clean_env, free_port
 
 PROXIES = (
     "ours",
+    "ours-nosplice",
     "ours-cache",
     "ours-2w",
     "squid",
@@ -56,6 +57,7 @@ def start_ours(
     cache: bool,
     argv_prefix: list[str] | None = None,
     workers: int = 1,
+    splice: bool = True,
 ) -> Proc:
     """``python -m proxy`` on a free port with an empty blocklist (and *workers* processes)."""
     port = free_port()
@@ -73,11 +75,14 @@ def start_ours(
         "--max-conns",
         "100000",
         "--connect-ports",
-        f"443,{origin.tls_port},{origin.http_port}",
+        ",".join(str(p) for p in (443, origin.tls_port, origin.http_port, origin.hold_port) if p),
     ]
     if not cache:
         argv.append("--no-cache")
     name = "ours-cache" if cache else "ours"
+    if not splice:
+        argv.append("--no-splice")
+        name = "ours-nosplice"
     if workers > 1:
         argv += ["--workers", str(workers)]
         name = f"ours-{workers}w"
@@ -214,6 +219,8 @@ def start_proxy(
     try:
         if name == "ours":
             return start_ours(stack, tmp, origin, cache=False)
+        if name == "ours-nosplice":
+            return start_ours(stack, tmp, origin, cache=False, splice=False)
         if name == "ours-cache":
             return start_ours(stack, tmp, origin, cache=True)
         if name == "ours-2w":

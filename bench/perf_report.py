@@ -30,6 +30,7 @@ SCENARIOS: dict[str, tuple[str, str, str]] = {
 }
 """Scenario name -> (label, main figure key, unit)."""
 
+FULL = "all attempted"
 THROUGHPUT = ("ab-k", "ab", "wrk-small", "wrk-64k", "connect-256m", "http-256m")
 
 
@@ -50,17 +51,27 @@ def _side(scenario: str, runs: list[dict[str, Any]]) -> str:
         if bad:
             notes.append(f"{bad:.0f} errors")
     elif scenario.endswith("256m"):
+        cpu = median_of(runs, "proxy_cpu_s")
+        if cpu is not None:
+            notes.append(f"proxy CPU {cpu:.2f} s")
         cut = sum(bool(r.get("timed_out")) for r in runs)
         if cut:
             notes.append(f"{cut} run(s) hit the time limit: partial download")
     elif scenario == "tunnels":
         ok = median_of(runs, "ok")
-        failed = median_of(runs, "failed")
+        tried = median_of(runs, "attempted")
         if ok is not None:
-            notes.append(f"{ok:.0f} ok, {failed or 0:.0f} failed")
+            notes.append(f"{ok:.0f} of {tried or ok:.0f} open")
         after = median_of(runs, "rss_after_kib")
         if after is not None:
             notes.append(f"RSS {after / 1024:.0f} MiB")
+        fds, limit = median_of(runs, "proxy_fds_after"), median_of(runs, "proxy_fd_limit")
+        if fds is not None and limit is not None:
+            notes.append(f"proxy fds {fds:.0f} (limit {limit:.0f}/process)")
+        stops = sorted({r["stopped"] for r in runs if r.get("stopped", "all attempted") != FULL})
+        reasons = sorted({why for r in runs for why in r.get("reasons", {})})
+        if stops:
+            notes.append("; ".join(stops) + (": " + "; ".join(reasons) if reasons else ""))
     elif scenario.startswith("slow"):
         read = median_of(runs, "read_mib")
         rate = median_of(runs, "mbps")

@@ -38,7 +38,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import perf_load as load  # noqa: E402
-from perf_procs import FILES, Origin, Proc, Stack, raise_nofile, start_origin  # noqa: E402
+from perf_procs import (  # noqa: E402
+    FILES,
+    Origin,
+    Proc,
+    Stack,
+    cpu_seconds,
+    raise_nofile,
+    start_holder,
+    start_origin,
+)
 from perf_proxies import PROXIES, start_proxy  # noqa: E402
 from perf_report import SCENARIOS, THROUGHPUT, plot, summarize, table, write_json  # noqa: E402
 
@@ -105,6 +114,14 @@ def throughput(
 ) -> dict[str, Any]:
     """One repetition of a throughput scenario through *proxy* (None: direct)."""
     port = proxy.port if proxy else None
+    if scenario.endswith("256m"):
+        # The proxy's CPU time tells what a relay costs even when the client is the bottleneck.
+        cpu = cpu_seconds(proxy.pid) if proxy else 0.0
+        url = origin.url("big.bin", tls=scenario == "connect-256m")
+        result = load.curl_download(url, port, cacert=str(origin.ca), limit=cfg["curl_limit"])
+        if proxy and "mbps" in result:
+            result["proxy_cpu_s"] = cpu_seconds(proxy.pid) - cpu
+        return result
     small = origin.url("small.bin")
     if scenario in ("ab-k", "ab"):
         keep = scenario == "ab-k"
@@ -112,19 +129,18 @@ def throughput(
         return load.ab(small, port, keepalive=keep, requests=count, limit=cfg["ab_limit"])
     if scenario in ("wrk-small", "wrk-64k"):
         url = small if scenario == "wrk-small" else origin.url("mid.bin")
-        return load.wrk(url, port, duration=cfg["duration"], script_dir=str(tmp))
-    url = origin.url("big.bin", tls=scenario == "connect-256m")
-    return load.curl_download(url, port, cacert=str(origin.ca), limit=cfg["curl_limit"])
+    return load.wrk(url, port, duration=cfg["duration"], script_dir=str(tmp))
 
 
 def memory(
-    scenario: str, origin: Origin, proxy: Proc | None, cfg: dict[str, Any]
+    scenario: str, origin: Origin, proxy: Proc | None, cfg: dict[str, Any], holder: int | None
 ) -> dict[str, Any]:
     """One run of a memory scenario through *proxy* (None: direct, no RSS to read)."""
     port, pid = (proxy.port, proxy.pid) if proxy else (None, None)
     if scenario == "tunnels":
-        target = ("127.0.0.1", origin.tls_port)
-        return load.idle_tunnels(port, pid, target, count=cfg["tunnels"], limit=120.0)
+        # The holder keeps idle connections open as long as asked (nginx would time them out).
+        target = ("127.0.0.1", holder or origin.tls_port)
+        return load.idle_tunnels(port, pid, target, count=cfg["tunnels"], limit=240.0)
     tunnel = ("127.0.0.1", origin.http_port) if scenario == "slow-connect" else None
     return load.slow_reader(
         port,
@@ -168,8 +184,10 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace, tmp: Path, stack: Sta
             for rep in range(cfg["reps"]):
                 for scenario in tput:
                     for name, proc in [("direct", None), *procs.items()]:
-                        if name == "ours-cache" and scenario.endswith("256m"):
-                            continue  # bigger than the cache's largest object: same as ours
+                        if name in ("ours-cache", "squid-cache") and scenario.endswith("256m"):
+                            continue  # bigger than the cache's largest object: same as no cache
+                        if name == "ours-nosplice" and scenario != "connect-256m":
+                            continue  # splice only changes how tunnel bytes move
                         if name == "floor" and scenario not in ("ab-k", "ab", "wrk-small"):
                             continue  # it sends a whole response at once: 100 B ones only
                         runs = raw.setdefault(scenario, {}).setdefault(name, [])
@@ -178,20 +196,26 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace, tmp: Path, stack: Sta
                             continue
                         _say(f"[rep {rep + 1}/{cfg['reps']}] {scenario} via {name}")
                         runs.append(throughput(scenario, origin, proc, cfg, tmp))
+    holder = start_holder(stack, tmp) if "tunnels" in cfg["scenarios"] else None
+    origin.hold_port = holder
     for scenario in [s for s in cfg["scenarios"] if s in MEMORY]:
-        skip = ("ours-cache", "ours-2w", "squid-cache", "floor")
+        skip = ("ours-cache", "squid-cache", "floor")  # a memory scenario caches nothing
         names = ["direct"] + [p for p in cfg["proxies"] if p not in skip]
+        reps = cfg["reps"] if scenario == "tunnels" else 1
+        if scenario != "tunnels":
+            names = [n for n in names if n not in ("ours-2w", "ours-nosplice")]
         if scenario == "slow-connect":
             names = ["direct", "ours"]  # one variant of the slow reader is enough for the others
-        for name in names:
-            _say(f"{scenario} via {name}")
-            with Stack() as sub:
-                proc = None if name == "direct" else start(name, sub)
-                if isinstance(proc, str):
-                    figures: dict[str, Any] = {"skipped": proc}
-                else:
-                    figures = memory(scenario, origin, proc, cfg)
-            raw.setdefault(scenario, {})[name] = [figures]
+        for rep in range(reps):
+            for name in names:
+                _say(f"[rep {rep + 1}/{reps}] {scenario} via {name}")
+                with Stack() as sub:  # a fresh proxy each time: its RSS baseline is clean
+                    proc = None if name == "direct" else start(name, sub)
+                    if isinstance(proc, str):
+                        figures: dict[str, Any] = {"skipped": proc}
+                    else:
+                        figures = memory(scenario, origin, proc, cfg, holder)
+                raw.setdefault(scenario, {}).setdefault(name, []).append(figures)
     return raw
 
 

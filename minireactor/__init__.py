@@ -8,7 +8,9 @@ It knows nothing of HTTP. The pieces, bottom up:
 * :mod:`minireactor.protocol` and :mod:`minireactor.transport` -- buffered streams with
   backpressure;
 * :mod:`minireactor.server`, :mod:`minireactor.connect`, :mod:`minireactor.resolver` --
-  listening, connecting and resolving without blocking.
+  listening, connecting and resolving without blocking;
+* :mod:`minireactor.splice` -- relaying socket to socket through a borrowed pipe with
+  ``os.splice``, the bytes never entering Python (Linux).
 """
 
 from .connect import ConnectAttempt, connect, connect_host
@@ -16,6 +18,7 @@ from .loop import Reactor
 from .protocol import Protocol
 from .resolver import Resolver, StaticResolver, numeric_address
 from .server import Server, bind_socket, listen
+from .splice import PipePool, Splicer
 from .timers import Deadline, Handle, TimerHandle
 from .transport import Transport
 
@@ -23,10 +26,12 @@ __all__ = [
     "ConnectAttempt",
     "Deadline",
     "Handle",
+    "PipePool",
     "Protocol",
     "Reactor",
     "Resolver",
     "Server",
+    "Splicer",
     "StaticResolver",
     "TimerHandle",
     "Transport",

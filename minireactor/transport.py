@@ -31,6 +31,7 @@ import errno
 import logging
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from .loop import Reactor
@@ -71,6 +72,7 @@ class Transport:
         "_closed",
         "_peername",
         "_sockname",
+        "_read_handler",
     )
 
     def __init__(
@@ -104,6 +106,7 @@ class Transport:
         # per transport are a large share of an idle tunnel's memory.
         self._peername: Any = _UNKNOWN
         self._sockname: Any = _UNKNOWN
+        self._read_handler: Callable[[], None] | None = None
         reactor.call_soon(self._start)
 
     def _start(self) -> None:
@@ -166,7 +169,18 @@ class Transport:
         """Start (or restart) reading."""
         if not self._reading and not self._closed and not self._closing:
             self._reading = True
-            self.reactor.add_reader(self._fd, self._on_readable)
+            self.reactor.add_reader(self._fd, self._read_handler or self._on_readable)
+
+    def set_read_handler(self, handler: Callable[[], None] | None) -> None:
+        """Let *handler* take readable events instead of ``recv`` (None restores ``recv``).
+
+        For zero-copy relays (:mod:`minireactor.splice`): the handler moves the bytes itself and
+        reports EOF and errors as ``recv`` would (``eof_received``, :meth:`abort`), while pausing,
+        closing and ``connection_lost`` stay the transport's.
+        """
+        self._read_handler = handler
+        if self._reading:
+            self.reactor.add_reader(self._fd, handler or self._on_readable)
 
     def _on_readable(self) -> None:
         try:

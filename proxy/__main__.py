@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.max_conns,
         help="concurrent client connections; more wait in the backlog (%(default)s)",
     )
+    parser.add_argument(
+        "--no-splice",
+        action="store_true",
+        help="relay tunnel bytes with recv/send even where os.splice is available",
+    )
     pol = parser.add_argument_group("policy")
     pol.add_argument(
         "--blacklist", default=defaults.blacklist, help="blocklist file, hot-reloaded (%(default)s)"
@@ -164,6 +169,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         blacklist=args.blacklist,
         max_conns=args.max_conns,
         workers=args.workers,
+        splice=not args.no_splice,
         connect_ports=args.connect_ports,
         allow=tuple(args.allow),
         deny_private=args.deny_private,

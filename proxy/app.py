@@ -25,7 +25,7 @@ import socket
 import threading
 from typing import Any
 
-from minireactor import Reactor, Resolver, Server, Transport, listen
+from minireactor import Reactor, Resolver, Server, Transport, listen, splice
 from minireactor.resolver import ResolverLike
 
 from .auth import Authenticator
@@ -39,6 +39,7 @@ from .reload import BlocklistWatcher, ReloadReport
 from .session import ClientSession
 from .stats import Stats
 from .status import serve_status
+from .tunnel import IdleSweep
 from .upstream import UpstreamPool
 
 log = logging.getLogger("proxy")
@@ -60,6 +61,11 @@ class ProxyContext:
             reactor, config.upstream_idle_timeout, config.max_idle_upstreams_per_host
         )
         self.stats = Stats()
+        self.tunnel_sweep = IdleSweep(reactor, config.idle_timeout)
+        # One small pool of pipes for every tunnel of this process (None: recv/send only).
+        self.pipes: splice.PipePool | None = (
+            splice.PipePool() if config.splice and splice.AVAILABLE else None
+        )
         self.blocklist: Blocklist = EMPTY
         self.cache_step: Any = None
         self.shutting_down = False
@@ -288,6 +294,8 @@ class ProxyServer:
         self.reactor.call_soon(self.reactor.stop)
 
     def _release(self) -> None:
+        if self.ctx.pipes is not None:
+            self.ctx.pipes.close()
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None

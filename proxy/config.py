@@ -60,6 +60,8 @@ class Config:
     shutdown_grace: float = 5.0
     """Seconds in-flight exchanges get to finish on Ctrl-C/SIGTERM."""
 
+    splice: bool = True
+    """Move tunnel bytes with ``os.splice`` where the platform has it (``--no-splice``: never)."""
     workers: int = 1
     """Reactor processes sharing the port with ``SO_REUSEPORT``; each has its own cache."""
     max_conns: int = 1024

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 from typing import TYPE_CHECKING
 
 from minireactor import Protocol, Transport
 
 from .guard import guarded
-from .http11 import NEED_DATA, EndOfMessage, Headers, ProtocolError, Request
+from .http11 import NEED_DATA, EndOfMessage, Headers, ProtocolError, Request, RequestParser
 from .http11.framing import persists
 from .pages import error_page, simple_response
 from .states import SessionState
@@ -39,6 +40,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("proxy.session")
 S = SessionState
+
+# What a session holds once its connection is a tunnel: a parser that has seen EOF (feeding it
+# raises, it buffers nothing) and an empty header list. Shared, never written to.
+SPENT_PARSER = RequestParser()
+SPENT_PARSER.feed_eof()
+NO_HEADERS = Headers()
 
 
 class Outcomes:
@@ -77,16 +84,35 @@ class Outcomes:
         """Join the client and *upstream* transports into a byte relay."""
         assert self.transport is not None
         self.tunnel = Tunnel(
-            self.reactor,
             self.transport,
             upstream,
-            idle_timeout=self.config.idle_timeout,
-            on_closed=self._tunnel_closed,
+            owner=self,
+            sweep=self.ctx.tunnel_sweep,
+            pipes=self.ctx.pipes,
         )
+        self._shed_http_state()
         self.tunnel.start(early_up, early_down)
 
+    def _shed_http_state(self) -> None:
+        # From here on the connection carries opaque bytes: what served HTTP only costs memory,
+        # and 10,000 idle tunnels multiply it. The parser (its buffers) goes; the request
+        # becomes what the access-log line needs: the method and version interned, the URL as
+        # it will be logged (so the parsed target can go too), and a shared empty header list.
+        self.parser = SPENT_PARSER
+        self.deadline.close()  # the tunnel's idle sweep takes over: no heap entry left behind
+        request, target = self.request, self.target
+        if request is None:
+            return
+        url = request.target
+        if target is not None:
+            url = f"{target.host}:{target.port}" if request.method == "CONNECT" else target.url
+        method, version = sys.intern(request.method), sys.intern(request.version)
+        self.request = Request(method, url, version, NO_HEADERS)
+        self.target = None
+
     @guarded
-    def _tunnel_closed(self, tunnel: Tunnel, exc: BaseException | None) -> None:
+    def tunnel_closed(self, tunnel: Tunnel, exc: BaseException | None) -> None:
+        """The tunnel ended: count its bytes, log the request, and close the session."""
         self.bytes_sent += tunnel.bytes_down
         self.ctx.stats.bytes_to_clients += tunnel.bytes_down
         self.ctx.stats.bytes_from_clients += tunnel.bytes_up
