@@ -67,7 +67,12 @@ class Upstream:
 
     def readable(self) -> None:
         data = self.sock.recv(262144)
-        if not data:
+        if not data:  # the origin closed (nginx does after 1,000 requests): leave the pool
+            idle = self.relay.pool.get(self.key, [])
+            if self in idle:
+                idle.remove(self)
+            if self.client is not None:
+                self.relay.forget(self.client.sock)
             self.relay.forget(self.sock)
             return
         self.buf += data
@@ -75,11 +80,13 @@ class Upstream:
         if end < 0 or self.client is None:
             return
         lines = self.buf[:end].decode("latin-1").split("\r\n")
-        length, out = 0, [lines[0]]
+        length, out, reusable = 0, [lines[0]], True
         for name, _, value in (line.partition(":") for line in lines[1:]):
             lower = name.lower()
             if lower == "content-length":
                 length = int(value)
+            elif lower == "connection" and "close" in value.lower():
+                reusable = False
             if lower not in _DROPPED:
                 out.append(f"{name}:{value}")
         if len(self.buf) < end + 4 + length:
@@ -91,7 +98,10 @@ class Upstream:
         client.sock.sendall("\r\n".join(out).encode("latin-1") + body)
         if not self.keep:
             self.relay.forget(client.sock)
-        self.relay.pool.setdefault(self.key, []).append(self)
+        if reusable:
+            self.relay.pool.setdefault(self.key, []).append(self)
+        else:
+            self.relay.forget(self.sock)
 
 
 class Relay:

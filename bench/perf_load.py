@@ -103,6 +103,7 @@ def wrk(url: str, proxy: int | None, *, duration: float, script_dir: str) -> Res
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return {
         "rps": rps,
+        "done": _num(r"^\s+(\d+) requests in", out),
         "p99_ms": float(p99.group(1)) * _WRK_UNIT[p99.group(2)] if p99 else None,
         "non2xx": _num(r"Non-2xx or 3xx responses:\s+(\d+)", out, 0.0),
         "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,

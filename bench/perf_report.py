@@ -50,6 +50,9 @@ def _side(scenario: str, runs: list[dict[str, Any]]) -> str:
         bad += sum(r.get("socket_errors") or 0 for r in runs)
         if bad:
             notes.append(f"{bad:.0f} errors")
+        cpu = median_of(runs, "proxy_cpu_us")
+        if cpu is not None:
+            notes.append(f"CPU {cpu:.0f} us/req")
     elif scenario.endswith("256m"):
         cpu = median_of(runs, "proxy_cpu_s")
         if cpu is not None:
