@@ -37,7 +37,7 @@ from .http11 import (
 from .http11.framing import CHUNKED
 from .relay import ResponseRelay
 from .states import SessionState
-from .target import Target, add_via, strip_hop_by_hop
+from .target import HOP_BY_HOP_AND_HOST, Target, add_via, strip_hop_by_hop
 from .upstream import Upstream
 
 if TYPE_CHECKING:
@@ -97,9 +97,12 @@ class Exchange(ResponseRelay):
         config = self.session.config
         self.upstream.owner = self
         headers = strip_hop_by_hop(
-            request.headers, request.connection, keep_upgrade=_is_upgrade(request)
+            request.headers,
+            request.connection,
+            keep_upgrade=_is_upgrade(request),
+            also=HOP_BY_HOP_AND_HOST,
         )
-        headers.set("Host", target.authority)
+        headers.add("Host", target.authority)
         if self.conditional is not None:
             for name, value in self.conditional:
                 headers.set(name, value)

@@ -65,6 +65,9 @@ class ResponseRelay:
             self._relay_events()
         finally:
             client.uncork()
+        if not self.done and self.response is not None:
+            # Armed only for a response still under way: most small ones end in this event.
+            self._arm_idle_timer()
 
     def _relay_events(self) -> None:
         parser = self.upstream.parser
@@ -137,7 +140,6 @@ class ResponseRelay:
             elif self.request.version == "HTTP/1.0":
                 headers.add("Connection", "keep-alive")
         session.send(serialize_response_head(response.status, response.reason, headers))
-        self._arm_idle_timer()
 
     def _response_body(self, data: bytes) -> None:
         self.response_bytes += len(data)

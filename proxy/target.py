@@ -43,6 +43,9 @@ HOP_BY_HOP = frozenset(
 )
 """Fields that concern one connection only (RFC 9110 section 7.6.1, plus framing)."""
 
+HOP_BY_HOP_AND_HOST = HOP_BY_HOP | {"host"}
+"""What a forwarded request drops before it gets the ``Host`` of its absolute URL."""
+
 
 class Target(NamedTuple):
     """Where a request goes: scheme, host, port and the origin-form path with query.
@@ -127,14 +130,19 @@ def parse_target(method: str, target: str) -> Target:
 
 
 def strip_hop_by_hop(
-    headers: Headers, connection: frozenset[str] | None = None, *, keep_upgrade: bool = False
+    headers: Headers,
+    connection: frozenset[str] | None = None,
+    *,
+    keep_upgrade: bool = False,
+    also: frozenset[str] = HOP_BY_HOP,
 ) -> Headers:
     """Return a copy without hop-by-hop fields; with *keep_upgrade*, keep an ``Upgrade``.
 
-    *connection* is the message's ``Connection`` tokens when its parser already read them.
+    *connection* is the message's ``Connection`` tokens when its parser already read them;
+    *also* is :data:`HOP_BY_HOP` plus any field the caller will write anew itself.
     """
     named = headers.tokens("connection") if connection is None else connection
-    drop = HOP_BY_HOP | named if named else HOP_BY_HOP
+    drop = also | named if named else also
     out = headers.without(drop)
     if keep_upgrade:
         for value in headers.get_all("upgrade"):
