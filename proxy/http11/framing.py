@@ -46,8 +46,14 @@ _LENGTH_RE = re.compile(r"[0-9]{1,18}")
 
 def content_length(headers: Headers, status: int = 400) -> int:
     """Return the one length that every ``Content-Length`` value agrees on (RFC 9110 8.6)."""
+    values = headers.get_all("content-length")
+    if len(values) == 1:
+        value = values[0]
+        # The usual single, plain value; isascii() because latin-1 has digits like "²".
+        if value.isascii() and value.isdigit() and len(value) <= 18:
+            return int(value)
     lengths = set()
-    for value in headers.get_all("content-length"):
+    for value in values:
         for item in value.split(","):
             item = item.strip(" \t")
             if _LENGTH_RE.fullmatch(item) is None:
@@ -75,10 +81,10 @@ def request_framing(request: Request) -> Framing:
         raise ProtocolError("HTTP/1.1 request without Host")
     if request.method == "CONNECT":
         return 0  # the parser pauses: what follows belongs to the tunnel
-    if "transfer-encoding" in headers:
+    if headers.has("transfer-encoding"):
         if request.version == "HTTP/1.0":
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-        if "content-length" in headers:
+        if headers.has("content-length"):
             raise ProtocolError("both Transfer-Encoding and Content-Length")
         codings = _codings(headers, 400)
         if codings[-1] != CHUNKED or codings.count(CHUNKED) != 1:
@@ -86,7 +92,7 @@ def request_framing(request: Request) -> Framing:
         if len(codings) > 1:
             raise ProtocolError(f"transfer coding {codings[0]!r} not implemented", 501)
         return CHUNKED
-    if "content-length" in headers:
+    if headers.has("content-length"):
         return content_length(headers)
     return 0
 
@@ -97,10 +103,10 @@ def response_framing(request_method: str, response: Response) -> Framing:
     if request_method == "HEAD" or status < 200 or status in (204, 304):
         return 0
     headers = response.headers
-    if "transfer-encoding" in headers:
+    if headers.has("transfer-encoding"):
         if response.version == "HTTP/1.0":
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 response", 502)
-        if "content-length" in headers:
+        if headers.has("content-length"):
             raise ProtocolError("both Transfer-Encoding and Content-Length", 502)
         codings = _codings(headers, 502)
         if codings[-1] != CHUNKED:
@@ -108,7 +114,7 @@ def response_framing(request_method: str, response: Response) -> Framing:
         if codings.count(CHUNKED) != 1:
             raise ProtocolError("chunked applied more than once", 502)
         return CHUNKED
-    if "content-length" in headers:
+    if headers.has("content-length"):
         return content_length(headers, 502)
     return UNTIL_CLOSE
 

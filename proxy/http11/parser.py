@@ -128,9 +128,10 @@ class _Parser:
             return PAUSED
         if self._state is _CLOSED:
             return ConnectionClosed()
-        head = self._head.read(self._buf)
-        if head is not None:
-            return self._head_done(*head)
+        if self._buf.size:  # an empty buffer holds no head: the usual case between requests
+            head = self._head.read(self._buf)
+            if head is not None:
+                return self._head_done(*head)
         if not self._eof:
             return NEED_DATA
         if len(self._buf) or self._head.started:
