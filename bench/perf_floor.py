@@ -125,13 +125,20 @@ class Relay:
         return idle.pop() if idle else Upstream(self, key)
 
     def forget(self, sock: socket.socket) -> None:
-        self.selector.unregister(sock)
+        try:
+            self.selector.unregister(sock)
+        except (KeyError, ValueError):
+            pass  # already forgotten
         sock.close()
 
     def run(self) -> None:
         while self.running:
             for key, _ in self.selector.select(0.5):
-                key.data()
+                try:
+                    key.data()
+                except OSError:  # a peer reset or vanished (wrk closes abruptly): drop it
+                    if key.fileobj is not self.listener:
+                        self.forget(key.fileobj)  # type: ignore[arg-type]
 
 
 def main() -> None:

@@ -41,7 +41,7 @@ def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
 
 
 def _side(scenario: str, runs: list[dict[str, Any]]) -> str:
-    notes = []
+    notes = [r["error"] for r in runs if "error" in r and "run(s) failed" in r["error"]]
     if scenario in ("ab-k", "ab", "wrk-small", "wrk-64k"):
         p99 = median_of(runs, "p99_ms")
         if p99 is not None:
@@ -86,14 +86,25 @@ def _side(scenario: str, runs: list[dict[str, Any]]) -> str:
     return ", ".join(notes)
 
 
+def _mostly_failed(run: dict[str, Any]) -> bool:
+    done = run.get("done") or 0
+    bad = (run.get("failed") or 0) + (run.get("non2xx") or 0) + (run.get("socket_errors") or 0)
+    return bool(done) and bad > done / 100
+
+
 def summarize(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> list[dict[str, Any]]:
     """One row per (scenario, target): median, ratio to direct, side notes, or the skip."""
     rows = []
     for scenario, targets in raw.items():
         label, key, unit = SCENARIOS[scenario]
         direct = median_of(targets.get("direct", []), key)
-        for target, runs in targets.items():
+        for target, all_runs in targets.items():
             row: dict[str, Any] = {"scenario": scenario, "label": label, "target": target}
+            # A run whose requests mostly failed measured the failures, not the proxy (ab
+            # counts refused connections as fast requests): its rate is left out.
+            runs = [r for r in all_runs if not _mostly_failed(r)]
+            if len(runs) < len(all_runs):
+                runs.append({"error": f"{len(all_runs) - len(runs)} run(s) failed"})
             value = median_of(runs, key)
             if value is None:
                 reasons = [r.get("skipped") or r.get("error") for r in runs]

@@ -58,6 +58,19 @@ class Exchange(ResponseRelay):
     brings the response back.
     """
 
+    # Per-exchange state that starts the same every time: class defaults, shadowed on first
+    # assignment, so a new exchange costs fewer attribute stores.
+    response: Response | None = None
+    response_bytes = 0
+    done = False
+    upstream_paused = False
+    client_writer: BodyWriter | None = None  # set with the response head
+    client_reusable = False
+    cache_writer: Any = None
+    on_head: Any = None
+    _diverted: Any = None
+    _seen: tuple[int, int] = (-1, -1)
+
     def __init__(
         self,
         session: ClientSession,
@@ -75,19 +88,6 @@ class Exchange(ResponseRelay):
         # A retry on a fresh connection resends a request whose end the first attempt already
         # took from the parser: what follows there belongs to the next request.
         self.request_done = session.request_fully_read
-
-    # Per-exchange state that starts the same every time: class defaults, shadowed on first
-    # assignment, so a new exchange costs fewer attribute stores.
-    response: Response | None = None
-    response_bytes = 0
-    done = False
-    upstream_paused = False
-    client_writer: BodyWriter | None = None  # set with the response head
-    client_reusable = False
-    cache_writer: Any = None
-    on_head: Any = None
-    _diverted: Any = None
-    _seen: tuple[int, int] = (-1, -1)
 
     # -- sending the request ---------------------------------------------------------------------
 
