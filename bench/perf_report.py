@@ -173,7 +173,8 @@ def plot(path: Path, rows: list[dict[str, Any]]) -> str:
     ax.set_xticklabels(scenarios, rotation=20)
     ax.set_ylabel("throughput / direct (median)")
     ax.set_title("Throughput relative to no proxy")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a run of memory scenarios only has no bars here
+        ax.legend(fontsize=8)
     ax = axes[1]
     labels = [f"{r['scenario']}\n{r['target']}" for r in memory]
     ax.barh(labels, [r["value"] for r in memory], color="tab:orange")
