@@ -248,17 +248,22 @@ def test_a_socket_that_cannot_splice_is_relayed_the_plain_way(reactor, monkeypat
     monkeypatch.setattr(os, "splice", refuse)
     pool = PipePool()
     r = Rig(reactor, pool)
-    data = payload(2 << 20, 8)
-    got, done = bytearray(), threading.Event()
-    background(read_all, r.origin, got, done, 65536)
-    r.client.sendall(data)
-    r.client.shutdown(socket.SHUT_WR)
-    assert r.run_until(done.is_set)
+    data, got = client_to_origin(r, payload(2 << 20, 8))
     assert bytes(got) == data
     assert pool.in_use == 0
     r.close_peers()
     assert r.run_until(lambda: r.finished)
     pool.close()
+
+
+def client_to_origin(r: Rig, data: bytes) -> tuple[bytes, bytearray]:
+    """Send *data* from the client through the tunnel, half-close, wait until it all arrived."""
+    got, done = bytearray(), threading.Event()
+    background(read_all, r.origin, got, done, 65536)
+    r.client.sendall(data)
+    r.client.shutdown(socket.SHUT_WR)
+    assert r.run_until(done.is_set)
+    return data, got
 
 
 def fds() -> int:
@@ -274,12 +279,7 @@ def test_no_descriptor_leaks(mode):
     pool = PipePool() if mode == "splice" else None
     for _ in range(3):
         r = Rig(reactor, pool)
-        data = payload(1 << 20, 4)
-        got, done = bytearray(), threading.Event()
-        background(read_all, r.origin, got, done, 65536)
-        r.client.sendall(data)
-        r.client.shutdown(socket.SHUT_WR)
-        assert r.run_until(done.is_set)
+        data, got = client_to_origin(r, payload(1 << 20, 4))
         r.origin.close()
         assert r.run_until(lambda r=r: r.finished)
         r.client.close()

@@ -15,6 +15,7 @@ chunk would mean "end of body", so writing ``b""`` must produce nothing at all.
 from __future__ import annotations
 
 import re
+from typing import NoReturn
 
 from .headers import Headers
 from .heads import TOKEN
@@ -50,11 +51,23 @@ def _fields(headers: Headers) -> bytes:
     return block
 
 
-def _explain_fields(headers: Headers) -> None:
+def _explain_fields(headers: Headers) -> NoReturn:
     for name, value in headers:  # find which field is wrong, for the message
         _check(_TOKEN_RE, name, "field name")
         _check(_TEXT_RE, value, "field value")
     raise ValueError("invalid header fields")  # unreachable unless the patterns disagree
+
+
+def _checked_head(start: str, encoding: str, headers: Headers, pattern: re.Pattern[bytes]) -> bytes:
+    """*start* and the field lines, with the final empty line; ``b""`` if *pattern* rejects them."""
+    try:
+        head = start.encode(encoding) + headers.to_bytes()
+    except UnicodeEncodeError:
+        return b""
+    # The line count catches a value holding CRLF plus text that looks like another field.
+    if head.count(b"\n") != len(headers) + 1 or pattern.fullmatch(head) is None:
+        return b""
+    return head + b"\r\n"
 
 
 def serialize_request_head(
@@ -64,16 +77,13 @@ def serialize_request_head(
 
     :raises ValueError: a part holds characters that would break the framing.
     """
-    try:
-        head = f"{method} {target} {version}\r\n".encode("ascii") + headers.to_bytes()
-    except UnicodeEncodeError:
-        head = b"\0"
-    if head.count(b"\n") != len(headers) + 1 or _REQUEST_HEAD_RE.fullmatch(head) is None:
+    head = _checked_head(f"{method} {target} {version}\r\n", "ascii", headers, _REQUEST_HEAD_RE)
+    if not head:
         _check(_TOKEN_RE, method, "method")
         _check(_TARGET_RE, target, "request-target")
         _check(_VERSION_RE, version, "HTTP-version")
         _explain_fields(headers)
-    return head + b"\r\n"
+    return head
 
 
 def serialize_response_head(
@@ -87,15 +97,13 @@ def serialize_response_head(
     """
     if not 100 <= status <= 999:
         raise ValueError(f"invalid status code: {status!r}")
-    try:
-        head = f"{version} {status:03d} {reason}\r\n".encode("latin-1") + headers.to_bytes()
-    except UnicodeEncodeError:
-        head = b"\0"
-    if head.count(b"\n") != len(headers) + 1 or _RESPONSE_HEAD_RE.fullmatch(head) is None:
+    start = f"{version} {status:03d} {reason}\r\n"
+    head = _checked_head(start, "latin-1", headers, _RESPONSE_HEAD_RE)
+    if not head:
         _check(_VERSION_RE, version, "HTTP-version")
         _check(_TEXT_RE, reason, "reason phrase")
         _explain_fields(headers)
-    return head + b"\r\n"
+    return head
 
 
 class BodyWriter:
