@@ -268,9 +268,9 @@ class Transport:
             self._fatal(exc)
             return
         for piece in held:  # keep what the kernel did not take
-            size = len(piece)
-            if sent >= size:
-                sent -= size
+            length = len(piece)
+            if sent >= length:
+                sent -= length
                 continue
             self._buffer += memoryview(piece)[sent:]
             sent = 0
