@@ -40,6 +40,13 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+# At import time, not when the first pipe is made: an import on the loop reads files, and
+# fails when the process is out of descriptors, exactly when a busy proxy makes pipes.
+try:
+    import fcntl
+except ImportError:  # not a POSIX system: AVAILABLE is False there anyway
+    fcntl = None  # type: ignore[assignment]
+
 from .protocol import Protocol
 from .transport import READ_SIZE
 
@@ -48,7 +55,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("minireactor.splice")
 
-AVAILABLE: bool = hasattr(os, "splice") and hasattr(os, "pipe2")
+AVAILABLE: bool = hasattr(os, "splice") and hasattr(os, "pipe2") and fcntl is not None
 """Whether this platform can splice (Linux with Python 3.10 or later)."""
 
 PIPE_SIZE = 256 * 1024
@@ -115,8 +122,6 @@ class PipePool:
         except OSError:  # EMFILE/ENFILE: the caller falls back to recv/send, no harm done
             self.refused += 1
             return None
-        import fcntl  # here, not at the top: the module must import where there is no fcntl
-
         size = 65536
         try:
             size = fcntl.fcntl(write_fd, fcntl.F_SETPIPE_SZ, self.size)
