@@ -70,6 +70,7 @@ class Exchange(ResponseRelay):
     on_head: Any = None
     _diverted: Any = None
     _seen: tuple[int, int] = (-1, -1)
+    _idle_watched = False
 
     def __init__(
         self,

@@ -65,8 +65,10 @@ class ResponseRelay:
             self._relay_events()
         finally:
             client.uncork()
-        if not self.done and self.response is not None:
-            # Armed only for a response still under way: most small ones end in this event.
+        if not self.done and self.response is not None and not self._idle_watched:
+            # Armed once, for a response still under way (most small ones end in the event
+            # that brought their head); the check re-arms itself, so chunks never touch it.
+            self._idle_watched = True
             self._arm_idle_timer()
 
     def _relay_events(self) -> None:
