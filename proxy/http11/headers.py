@@ -84,8 +84,7 @@ class Headers:
 
     def has_token(self, name: str, token: str) -> bool:
         """Tell whether the comma-separated field *name* lists *token* (case-insensitive)."""
-        token = token.lower()
-        return any(item.lower() == token for item in self.get_list(name))
+        return token.lower() in self.tokens(name)
 
     def add(self, name: str, value: str) -> None:
         """Append a field, keeping any that share its name."""
