@@ -23,7 +23,10 @@ Design principles, numbered in the manner of curio's kernel:
    ``try``; an exception is logged with its traceback and handed to the exception handler,
    and the loop carries on. Transports go one step further and abort the connection whose
    protocol raised.
-5. **The loop can be watched.** A trace hook (off by default, so it costs one ``is None`` test)
+5. **Signals are callbacks too.** :meth:`Reactor.add_signal_handler` turns a signal into a
+   callback on the loop, and points :func:`signal.set_wakeup_fd` at the waker so that a signal
+   the kernel hands to another thread still ends the main thread's ``select``.
+6. **The loop can be watched.** A trace hook (off by default, so it costs one ``is None`` test)
    reports ticks, descriptor events and callbacks, which is how the notebooks draw timelines.
 
 The selector key's ``data`` holds the ``(reader, writer)`` pair of handles for one descriptor,
@@ -35,6 +38,7 @@ from __future__ import annotations
 import collections
 import logging
 import selectors
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +64,8 @@ class Reactor:
         self._ready: collections.deque[Handle] = collections.deque()
         self._timers = TimerHeap()
         self._waker = Waker()
+        self._signal_handlers: dict[int, Any] = {}  # signum -> the handler we replaced
+        self._previous_wakeup_fd: int | None = None
         self._stopping = False
         self._closed = False
         self._thread_id: int | None = None
@@ -157,6 +163,38 @@ class Reactor:
         if old is not None:
             old.cancel()
         return old is not None
+
+    # -- signals ---------------------------------------------------------------------------------
+
+    def add_signal_handler(self, signum: int, callback: Callable[..., Any], *args: Any) -> None:
+        """Run ``callback(*args)`` on the loop whenever signal *signum* arrives. Main thread only.
+
+        Python runs a signal's handler on the main thread between two bytecodes. The kernel,
+        though, may interrupt any thread (a file watcher, a resolver), and then the main thread,
+        asleep in ``select``, gets no ``EINTR`` and sleeps on. :func:`signal.set_wakeup_fd` makes
+        the C-level handler write the signal number to the waker, whichever thread it runs on,
+        so ``select`` returns, the handler runs and queues the callback for this tick.
+
+        :raises ValueError: if called from a thread other than the main thread.
+        """
+        if self._previous_wakeup_fd is None:
+            fd = self._waker.write_fileno()
+            self._previous_wakeup_fd = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+
+        def on_signal(_signum: int, _frame: Any) -> None:
+            self.call_soon_threadsafe(callback, *args)
+
+        previous = signal.signal(signum, on_signal)
+        self._signal_handlers.setdefault(signum, previous)
+
+    def remove_signal_handlers(self) -> None:
+        """Give back the handlers and wakeup descriptor that :meth:`add_signal_handler` replaced."""
+        for signum, previous in self._signal_handlers.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        self._signal_handlers.clear()
+        if self._previous_wakeup_fd is not None:
+            signal.set_wakeup_fd(self._previous_wakeup_fd)
+            self._previous_wakeup_fd = None
 
     # -- tracing and errors -----------------------------------------------------------------
 
@@ -289,10 +327,17 @@ class Reactor:
         return self._thread_id == threading.get_ident()
 
     def close(self) -> None:
-        """Release the selector and the waker; pending callbacks are dropped."""
+        """Release the selector and the waker; pending callbacks are dropped.
+
+        Signal handlers added by :meth:`add_signal_handler` are given back, so a reactor that
+        has them must be closed on the main thread.
+        """
         if self._closed:
             return
         self._closed = True
+        if self._previous_wakeup_fd is not None:
+            # The C handler must never write into a closed (or reused) descriptor.
+            self.remove_signal_handlers()
         self._ready.clear()
         self._selector.close()
         self._waker.close()

@@ -31,6 +31,10 @@ class Waker:
         """The descriptor the reactor watches for readability."""
         return self._reader.fileno()
 
+    def write_fileno(self) -> int:
+        """The write end, for :func:`signal.set_wakeup_fd` (the C signal handler writes to it)."""
+        return self._writer.fileno()
+
     def wake(self) -> None:
         """Make :meth:`fileno` readable; safe to call from any thread, never blocks."""
         try:

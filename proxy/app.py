@@ -227,18 +227,16 @@ class ProxyServer:
         """SIGINT/SIGTERM shut down gracefully, SIGHUP reloads the blocklist (main thread).
 
         Install them before announcing the address: a signal sent by someone who read the
-        announcement must not meet the default action (which kills the process).
+        announcement must not meet the default action (which kills the process). The reactor
+        runs them as loop callbacks, woken even when the signal lands on the watcher's thread.
         """
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            if signum == getattr(signal, "SIGHUP", None):
-                self.reload_blocklist()
-            else:
-                self.reactor.call_soon_threadsafe(self.shutdown)
-
-        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        for name, action in (
+            ("SIGINT", self.shutdown),
+            ("SIGTERM", self.shutdown),
+            ("SIGHUP", self.reload_blocklist),
+        ):
             if hasattr(signal, name):
-                signal.signal(getattr(signal, name), on_signal)
+                self.reactor.add_signal_handler(getattr(signal, name), action)
 
     def run(self) -> None:
         """Install the signal handlers and run the loop in this thread until shut down."""

@@ -1,6 +1,7 @@
 """Tests for minireactor.loop: scheduling, fairness, select timeouts, waking, errors, tracing."""
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -361,6 +362,67 @@ def test_many_threads_call_soon_threadsafe_all_run(reactor):
     reactor.run_once(timeout=0.05)
     reactor.run_once(timeout=0.05)
     assert time.monotonic() - start >= 0.05
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+needs_pthread_kill = pytest.mark.skipif(
+    not hasattr(signal, "pthread_kill"), reason="signal.pthread_kill is POSIX-only"
+)
+
+
+@needs_pthread_kill
+def test_signal_landing_on_another_thread_still_wakes_the_loop(reactor):
+    seen = []
+    reactor.add_signal_handler(signal.SIGUSR1, seen.append, "usr1")
+    reactor.add_signal_handler(signal.SIGUSR2, seen.append, "usr2")
+
+    def other_thread():
+        time.sleep(0.1)  # let the loop reach select; correctness does not depend on it
+        # Delivered to this thread, so the main thread asleep in select gets no EINTR: only the
+        # byte the C handler writes to the waker can end its sleep.
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)
+
+    thread = threading.Thread(target=other_thread, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    assert reactor.run_until(lambda: seen, timeout=30)
+    thread.join(5)
+    assert time.monotonic() - start < 10  # the bug this guards against slept the full 30 s
+    assert seen == ["usr1"]
+    # A signal the main thread receives itself runs its callback on the loop too.
+    signal.pthread_kill(threading.get_ident(), signal.SIGUSR2)
+    assert reactor.run_until(lambda: len(seen) == 2, timeout=30)
+    assert seen == ["usr1", "usr2"]
+
+
+def test_close_gives_back_the_signal_handlers_and_wakeup_fd():
+    handler_before = signal.getsignal(signal.SIGUSR1)
+    wakeup_before = signal.set_wakeup_fd(-1)
+    signal.set_wakeup_fd(wakeup_before)
+    r = Reactor()
+    r.add_signal_handler(signal.SIGUSR1, lambda: None)
+    r.add_signal_handler(signal.SIGUSR1, lambda: None)  # replacing keeps the first original
+    assert signal.getsignal(signal.SIGUSR1) is not handler_before
+    r.close()
+    assert signal.getsignal(signal.SIGUSR1) is handler_before
+    assert signal.set_wakeup_fd(wakeup_before) == wakeup_before
+
+
+def test_add_signal_handler_off_the_main_thread_raises(reactor):
+    errors = []
+
+    def other_thread():
+        try:
+            reactor.add_signal_handler(signal.SIGUSR1, lambda: None)
+        except ValueError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join(5)
+    assert len(errors) == 1
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
 
 
 # -- run_until, run_forever, stop --------------------------------------------------------------
