@@ -65,7 +65,7 @@ nitpick_ignore_regex = [
     (
         "py:(func|meth|mod|data|obj|exc)",
         r"(hmac|hashlib|base64|getpass|heapq|selectors|socket|os|fcntl|time|threading|argparse"
-        r"|email\.utils|collections|dataclasses|inspect|ast)(\..*)?",
+        r"|email\.utils|collections|dataclasses|inspect|ast|signal)(\..*)?",
     ),
 ]
 
