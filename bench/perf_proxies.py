@@ -28,6 +28,7 @@ from perf_procs import REPO, Origin, Proc, Stack, clean_env, free_port
 
 PROXIES = (
     "ours",
+    "baseline",
     "ours-nosplice",
     "ours-cache",
     "ours-2w",
@@ -58,8 +59,14 @@ def start_ours(
     argv_prefix: list[str] | None = None,
     workers: int = 1,
     splice: bool = True,
+    repo: Path = REPO,
+    name: str | None = None,
 ) -> Proc:
-    """``python -m proxy`` on a free port with an empty blocklist (and *workers* processes)."""
+    """``python -m proxy`` on a free port with an empty blocklist (and *workers* processes).
+
+    *repo* is the checkout whose ``proxy`` package runs (``-m`` puts the working folder first on
+    the import path), so an earlier commit can run beside this one under *name*.
+    """
     port = free_port()
     empty = tmp / "empty-blacklist.txt"
     empty.touch()
@@ -79,14 +86,15 @@ def start_ours(
     ]
     if not cache:
         argv.append("--no-cache")
-    name = "ours-cache" if cache else "ours"
+    label = "ours-cache" if cache else "ours"
     if not splice:
         argv.append("--no-splice")
-        name = "ours-nosplice"
+        label = "ours-nosplice"
     if workers > 1:
         argv += ["--workers", str(workers)]
-        name = f"ours-{workers}w"
-    return stack.spawn(name, argv, port, tmp / f"{name}.log", cwd=REPO, stop_signal=signal.SIGINT)
+        label = f"ours-{workers}w"
+    label = name or label
+    return stack.spawn(label, argv, port, tmp / f"{label}.log", cwd=repo, stop_signal=signal.SIGINT)
 
 
 SQUID_CONF = """\
@@ -214,11 +222,16 @@ def start_proxy(
     nofile: int,
     tunnels: int,
     proxypy: str | None,
+    baseline: str | None = None,
 ) -> Proc | str:
     """Start the proxy called *name*; return it, or why it was skipped."""
     try:
         if name == "ours":
             return start_ours(stack, tmp, origin, cache=False)
+        if name == "baseline":
+            if baseline is None or not (Path(baseline) / "proxy" / "__main__.py").is_file():
+                return f"skipped (--baseline {baseline} is not a checkout of this project)"
+            return start_ours(stack, tmp, origin, cache=False, repo=Path(baseline), name=name)
         if name == "ours-nosplice":
             return start_ours(stack, tmp, origin, cache=False, splice=False)
         if name == "ours-cache":

@@ -7,6 +7,8 @@ Usage::
     python bench/run.py --scenarios ab-k,wrk-64k --proxies ours,squid --reps 5
     python bench/run.py --scenarios tunnels --tunnels 10000
     python bench/run.py --profile            # ab -k through our proxy under cProfile
+    git worktree add /tmp/before HEAD~3      # then, before and after side by side:
+    python bench/run.py --scenarios ab-k,wrk-64k --proxies ours --baseline /tmp/before
 
 Theory of operation
 -------------------
@@ -81,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--own-origin", action="store_true", help="use perf_origin, not nginx")
     parser.add_argument("--proxypy-path", default=None, help="folder with PyPI's proxy.py")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        metavar="DIR",
+        help="a checkout of another commit, run beside ours (cache off) as 'baseline'",
+    )
     parser.add_argument("--profile", action="store_true", help="profile ours under ab -k instead")
     parser.add_argument("--out", default=str(RESULTS), help="results folder (%(default)s)")
     return parser
@@ -93,11 +101,16 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     def pick(value: Any, full: Any, fast: Any) -> Any:
         return value if value is not None else (fast if quick else full)
 
-    default_proxies = "ours,ours-cache,squid" if quick else ",".join(PROXIES)
+    default_proxies = (
+        "ours,ours-cache,squid" if quick else ",".join(p for p in PROXIES if p != "baseline")
+    )
+    chosen = [p for p in (args.proxies or default_proxies).split(",") if p in PROXIES]
+    if args.baseline and "baseline" not in chosen:
+        chosen.insert(chosen.index("ours") + 1 if "ours" in chosen else 0, "baseline")
     return {
         "quick": quick,
         "scenarios": [s for s in args.scenarios.split(",") if s in SCENARIOS],
-        "proxies": [p for p in (args.proxies or default_proxies).split(",") if p in PROXIES],
+        "proxies": chosen,
         "reps": pick(args.reps, 3, 1),
         "requests": pick(args.requests, 20000, 4000),
         "ab_limit": pick(args.ab_limit, 6.0, 4.0),
@@ -181,6 +194,7 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace, tmp: Path, stack: Sta
             nofile=nofile,
             tunnels=cfg["tunnels"],
             proxypy=args.proxypy_path,
+            baseline=args.baseline,
         )
 
     tput = [s for s in cfg["scenarios"] if s in THROUGHPUT]
