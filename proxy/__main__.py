@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("--connect-timeout", "connect_timeout", "to resolve and connect to an origin (504)"),
         ("--first-byte-timeout", "first_byte_timeout", "for the origin's response head (504)"),
         ("--idle-timeout", "idle_timeout", "a relay or tunnel with no bytes moving"),
+        ("--shutdown-grace", "shutdown_grace", "for requests in flight after Ctrl-C or SIGTERM"),
     ):
         lim.add_argument(
             flag,
@@ -182,6 +183,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         connect_timeout=args.connect_timeout,
         first_byte_timeout=args.first_byte_timeout,
         idle_timeout=args.idle_timeout,
+        shutdown_grace=args.shutdown_grace,
         log_level=args.log_level,
         trace=args.trace,
     )
@@ -243,6 +245,10 @@ def _run_workers(config: Config) -> int:
     for worker in range(config.workers):
         pid = os.fork()
         if pid == 0:
+            # A group of its own: a terminal's Ctrl-C reaches the parent alone, which relays it
+            # once. Sent to the whole group as well, it would arrive twice, and a second stop
+            # signal means "abort now".
+            os.setpgid(0, 0)
             code = 1
             try:
                 code = _serve(config, worker)

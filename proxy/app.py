@@ -13,7 +13,8 @@ way and replaces the old one in a single assignment on the loop (DESIGN rule 4).
 flight keeps the list it was checked against; the next request sees the new one.
 
 Shutdown (Ctrl-C or SIGTERM) stops accepting, closes idle connections at once, lets exchanges in
-flight finish for ``shutdown_grace`` seconds, then aborts what is left and stops the loop.
+flight finish for ``shutdown_grace`` seconds, then aborts what is left and stops the loop. A
+second signal during the grace period aborts at once, as a user pressing Ctrl-C again expects.
 """
 
 from __future__ import annotations
@@ -231,12 +232,21 @@ class ProxyServer:
         runs them as loop callbacks, woken even when the signal lands on the watcher's thread.
         """
         for name, action in (
-            ("SIGINT", self.shutdown),
-            ("SIGTERM", self.shutdown),
+            ("SIGINT", self._stop_signalled),
+            ("SIGTERM", self._stop_signalled),
             ("SIGHUP", self.reload_blocklist),
         ):
             if hasattr(signal, name):
                 self.reactor.add_signal_handler(getattr(signal, name), action)
+
+    def _stop_signalled(self) -> None:
+        if not self.ctx.shutting_down:
+            self.shutdown()
+            return
+        log.warning(
+            "stop signal again: aborting %d connection(s) without waiting", len(self.ctx.sessions)
+        )
+        self._finish_shutdown()
 
     def run(self) -> None:
         """Install the signal handlers and run the loop in this thread until shut down."""

@@ -58,7 +58,7 @@ class Config:
     upstream_idle_timeout: float = 30.0
     """Seconds an idle pooled origin connection is kept for reuse."""
     shutdown_grace: float = 5.0
-    """Seconds in-flight exchanges get to finish on Ctrl-C/SIGTERM."""
+    """Seconds in-flight exchanges get to finish on Ctrl-C/SIGTERM (a second signal: none)."""
 
     splice: bool = True
     """Move tunnel bytes with ``os.splice`` where the platform has it (``--no-splice``: never)."""

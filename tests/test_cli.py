@@ -216,3 +216,84 @@ def test_sighup_landing_on_a_helper_thread_still_reloads(tmp_path):
     finally:
         child.proc.send_signal(signal.SIGTERM)
         child.stop()
+
+
+def test_a_second_sigterm_aborts_the_grace_period(origin, tmp_path):
+    blacklist = tmp_path / "blacklist.txt"
+    blacklist.write_text("")
+    port = free_port()
+    child = Child("--port", str(port), "--blacklist", str(blacklist), "--shutdown-grace", "60")
+    try:
+        child.wait_for("listening on")
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            url = origin.url("/slow?delay=30&cc=no-store")
+            sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            deadline = time.monotonic() + 20
+            while origin.hits["/slow"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)  # polling the origin's counter: the request is in flight
+            assert origin.hits["/slow"] == 1
+            child.proc.send_signal(signal.SIGTERM)
+            assert "1 connection(s) open" in child.wait_for("shutting down")
+            started = time.monotonic()
+            child.proc.send_signal(signal.SIGTERM)
+            assert child.proc.wait(20) == 0
+            # Well inside the 60 s grace (and the origin's 30 s): the second signal cut it short.
+            assert time.monotonic() - started < 20
+            child.wait_for("without waiting")
+            try:
+                reply = sock.recv(65536)
+            except ConnectionResetError:
+                reply = b""
+            assert not reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    finally:
+        child.stop()
+
+
+def _children_of(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            return [int(x) for x in handle.read().split()]
+    except OSError:
+        return []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc/PID/task")
+def test_workers_share_the_port_and_stop_together(origin, tmp_path):
+    blacklist = tmp_path / "blacklist.txt"
+    blacklist.write_text("")
+    port = free_port()
+    child = Child("--port", str(port), "--blacklist", str(blacklist), "--workers", "2")
+    workers: list[int] = []
+    try:
+        announced = {
+            child.wait_for("listening on").split()[3],
+            child.wait_for("listening on").split()[3],
+        }
+        assert announced == {"0", "1"}
+        workers = _children_of(child.proc.pid)
+        assert len(workers) == 2
+        # Each worker leads a process group of its own, so a terminal's Ctrl-C reaches the
+        # parent alone and arrives at each worker once, relayed.
+        assert all(os.getpgid(pid) == pid for pid in workers)
+        for _ in range(4):
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+                url = origin.url("/hello")
+                sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+                reply = b""
+                while chunk := sock.recv(65536):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.proc.wait(20) == 0
+        stopped = {child.wait_for("stopped").split()[2], child.wait_for("stopped").split()[2]}
+        assert stopped == {"0", "1"}
+    finally:
+        if child.proc.poll() is None:
+            # The test failed with the parent up: it has not reaped its workers, so their PIDs
+            # are still theirs to kill.
+            for pid in workers:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        child.stop()
