@@ -212,30 +212,33 @@ def main(argv: list[str] | None = None) -> int:
     return _serve(config)
 
 
+def _say(line: str) -> None:
+    # One write per line: print() writes the text and its newline apart, and with --workers
+    # the lines of two processes sharing stderr then run into each other.
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def _serve(config: Config, worker: int | None = None) -> int:
     from .app import ProxyServer
 
     server = ProxyServer(config)
+    who = f" worker {worker}" if worker is not None else ""
     try:
         server.start()
     except OSError as exc:
-        print(
-            f"proxy: cannot listen on {config.host}:{config.port}: {exc.strerror}", file=sys.stderr
-        )
+        _say(f"proxy{who}: cannot listen on {config.host}:{config.port}: {exc.strerror}")
         return 1
     server.install_signal_handlers()
     host, port = server.address
     rules = len(server.ctx.blocklist)
-    who = f" worker {worker}" if worker is not None else ""
-    print(
+    _say(
         f"proxy {__version__}{who} listening on http://{host}:{port} "
         f"(blocklist {config.blacklist}: {rules} rules, cache "
-        f"{'on' if config.cache_enabled else 'off'}); Ctrl-C stops",
-        file=sys.stderr,
-        flush=True,
+        f"{'on' if config.cache_enabled else 'off'}); Ctrl-C stops"
     )
     server.run()
-    print(f"proxy{who} stopped", file=sys.stderr)
+    _say(f"proxy{who} stopped")
     return 0
 
 
