@@ -36,6 +36,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def request_through(port: int, url: str, *fields: str) -> bytes:
+    """GET *url* through the proxy on *port*; read until the proxy closes the connection."""
+    head = "".join(f"{line}\r\n" for line in (f"GET {url} HTTP/1.1", "Host: x", *fields))
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(f"{head}\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
 def test_version():
     out = run_cli("--version")
     assert out.returncode == 0
@@ -155,13 +166,7 @@ def test_sigterm_lets_an_exchange_in_flight_finish(origin, tmp_path):
         answers: queue.Queue[bytes] = queue.Queue()
 
         def slow_request() -> None:
-            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-                url = origin.url("/slow?delay=1&cc=no-store")
-                sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-                data = b""
-                while chunk := sock.recv(65536):
-                    data += chunk
-                answers.put(data)
+            answers.put(request_through(port, origin.url("/slow?delay=1&cc=no-store")))
 
         thread = threading.Thread(target=slow_request, daemon=True)
         thread.start()
@@ -276,12 +281,7 @@ def test_workers_share_the_port_and_stop_together(origin, tmp_path):
         # parent alone and arrives at each worker once, relayed.
         assert all(os.getpgid(pid) == pid for pid in workers)
         for _ in range(4):
-            with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-                url = origin.url("/hello")
-                sock.sendall(f"GET {url} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
-                reply = b""
-                while chunk := sock.recv(65536):
-                    reply += chunk
+            reply = request_through(port, origin.url("/hello"), "Connection: close")
             assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
         child.proc.send_signal(signal.SIGTERM)
         assert child.proc.wait(20) == 0
