@@ -255,11 +255,20 @@ def test_a_second_sigterm_aborts_the_grace_period(origin, tmp_path):
 
 
 def _children_of(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as handle:
-            return [int(x) for x in handle.read().split()]
-    except OSError:
-        return []
+    """The PIDs whose parent is *pid*, from ``/proc/*/stat`` (``children`` is not always built)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                # The command name in parentheses may hold spaces: the fields follow its ")".
+                fields = handle.read().rpartition(")")[2].split()
+        except OSError:
+            continue  # it ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc/PID/task")
