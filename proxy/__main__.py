@@ -16,9 +16,13 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import Config, MiB
+
+if TYPE_CHECKING:
+    from .app import ProxyServer
 
 
 def _size(text: str) -> int:
@@ -219,7 +223,7 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
-def _serve(config: Config, worker: int | None = None) -> int:
+def _serve(config: Config, worker: int | None = None, lifeline: int | None = None) -> int:
     from .app import ProxyServer
 
     server = ProxyServer(config)
@@ -230,6 +234,8 @@ def _serve(config: Config, worker: int | None = None) -> int:
         _say(f"proxy{who}: cannot listen on {config.host}:{config.port}: {exc.strerror}")
         return 1
     server.install_signal_handlers()
+    if lifeline is not None:
+        _stop_with_parent(server, lifeline)
     host, port = server.address
     rules = len(server.ctx.blocklist)
     _say(
@@ -242,22 +248,41 @@ def _serve(config: Config, worker: int | None = None) -> int:
     return 0
 
 
+def _stop_with_parent(server: ProxyServer, lifeline: int) -> None:
+    """Shut *server* down when the parent's end of the *lifeline* pipe closes, however it died."""
+
+    def parent_gone() -> None:
+        server.reactor.remove_reader(lifeline)
+        logging.getLogger("proxy").warning("the parent process is gone: shutting down")
+        server.shutdown()
+
+    server.reactor.add_reader(lifeline, parent_gone)
+
+
 def _run_workers(config: Config) -> int:
-    """Fork one single-threaded reactor per worker; the kernel spreads connections over them."""
+    """Fork one single-threaded reactor per worker; the kernel spreads connections over them.
+
+    Only the parent holds the write end of a pipe that each worker watches: when the parent
+    ends, even by SIGKILL, the kernel closes it and the workers read end-of-file and stop,
+    rather than keep the port for ever.
+    """
     children: list[int] = []
+    lifeline, parent_end = os.pipe()
     for worker in range(config.workers):
         pid = os.fork()
         if pid == 0:
+            os.close(parent_end)
             # A group of its own: a terminal's Ctrl-C reaches the parent alone, which relays it
             # once. Sent to the whole group as well, it would arrive twice, and a second stop
             # signal means "abort now".
             os.setpgid(0, 0)
             code = 1
             try:
-                code = _serve(config, worker)
+                code = _serve(config, worker, lifeline)
             finally:
                 os._exit(code)
         children.append(pid)
+    os.close(lifeline)
 
     def forward(signum: int, _frame: object) -> None:
         for pid in children:

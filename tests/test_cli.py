@@ -86,7 +86,9 @@ class Child:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
+        # Ends when every process holding the stderr pipe has exited (workers included).
+        self.pump = threading.Thread(target=self._pump, daemon=True)
+        self.pump.start()
 
     def _pump(self) -> None:
         assert self.proc.stderr is not None
@@ -106,6 +108,12 @@ class Child:
             if needle in line:
                 return line
         raise AssertionError(f"no {needle!r} on stderr: {self.seen}")
+
+    def all_lines(self) -> list[str]:
+        """Every line read so far, waited for or not."""
+        while not self.lines.empty():
+            self.seen.append(self.lines.get_nowait())
+        return self.seen
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -277,7 +285,6 @@ def test_workers_share_the_port_and_stop_together(origin, tmp_path):
     blacklist.write_text("")
     port = free_port()
     child = Child("--port", str(port), "--blacklist", str(blacklist), "--workers", "2")
-    workers: list[int] = []
     try:
         announced = {
             child.wait_for("listening on").split()[3],
@@ -297,12 +304,44 @@ def test_workers_share_the_port_and_stop_together(origin, tmp_path):
         stopped = {child.wait_for("stopped").split()[2], child.wait_for("stopped").split()[2]}
         assert stopped == {"0", "1"}
     finally:
-        if child.proc.poll() is None:
-            # The test failed with the parent up: it has not reaped its workers, so their PIDs
-            # are still theirs to kill.
-            for pid in workers:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        child.stop()
+        _stop_workers(child, tmp_path)
+
+
+def _stop_workers(child: Child, marker: Path) -> None:
+    """After a failure, kill the workers still running: only those whose command names *marker*."""
+    workers = _children_of(child.proc.pid) if child.proc.poll() is None else []
+    child.stop()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) not in workers:
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if str(marker).encode() in handle.read():
+                        workers.append(int(entry))
+            except OSError:
+                continue
+    for pid in workers:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc/PID/task")
+def test_workers_stop_when_their_parent_is_killed(tmp_path):
+    blacklist = tmp_path / "blacklist.txt"
+    blacklist.write_text("")
+    child = Child("--port", str(free_port()), "--blacklist", str(blacklist), "--workers", "2")
+    try:
+        child.wait_for("listening on")
+        child.wait_for("listening on")
+        assert len(_children_of(child.proc.pid)) == 2
+        child.proc.kill()  # SIGKILL: no handler runs, nothing is relayed
+        child.proc.wait(10)
+        # The workers still hold the stderr pipe: the pump reads end-of-file once both are gone.
+        child.pump.join(timeout=30)
+        assert not child.pump.is_alive(), child.all_lines()
+        lines = child.all_lines()
+        assert sum("parent process is gone" in line for line in lines) == 2, lines
+        assert sum(line.endswith(" stopped\n") for line in lines) == 2, lines
+    finally:
+        _stop_workers(child, tmp_path)
