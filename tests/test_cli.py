@@ -121,12 +121,17 @@ class Child:
         self.proc.wait(10)
 
 
+def start_proxy(tmp_path: Path, *flags: str, rules: str = "") -> tuple[Child, int]:
+    """``python -m proxy`` on a free port with a blocklist of *rules* in *tmp_path*."""
+    blacklist = tmp_path / "blacklist.txt"
+    blacklist.write_text(rules)
+    port = free_port()
+    return Child("--port", str(port), "--blacklist", str(blacklist), *flags), port
+
+
 def test_serves_then_stops_on_sigterm(origin, tmp_path):
     curl = require_program("curl")
-    blacklist = tmp_path / "blacklist.txt"
-    blacklist.write_text("")
-    port = free_port()
-    child = Child("--port", str(port), "--blacklist", str(blacklist))
+    child, port = start_proxy(tmp_path)
     try:
         line = child.wait_for("listening on")
         assert f"http://127.0.0.1:{port}" in line
@@ -165,10 +170,7 @@ def test_port_in_use_exits_1_with_one_line(tmp_path):
 
 
 def test_sigterm_lets_an_exchange_in_flight_finish(origin, tmp_path):
-    blacklist = tmp_path / "blacklist.txt"
-    blacklist.write_text("")
-    port = free_port()
-    child = Child("--port", str(port), "--blacklist", str(blacklist))
+    child, port = start_proxy(tmp_path)
     try:
         child.wait_for("listening on")
         answers: queue.Queue[bytes] = queue.Queue()
@@ -193,10 +195,7 @@ def test_sigterm_lets_an_exchange_in_flight_finish(origin, tmp_path):
 
 
 def test_sighup_forces_a_blocklist_reload(tmp_path):
-    blacklist = tmp_path / "blacklist.txt"
-    blacklist.write_text("ads.example\n")
-    port = free_port()
-    child = Child("--port", str(port), "--blacklist", str(blacklist))
+    child, _ = start_proxy(tmp_path, rules="ads.example\n")
     try:
         child.wait_for("listening on")
         # No file event at all: only the signal can cause this reload.
@@ -214,9 +213,7 @@ def test_sighup_landing_on_a_helper_thread_still_reloads(tmp_path):
     # kill() aimed at a thread's id hands the signal to that thread. The main thread, asleep in
     # select with no timer due, then gets no EINTR: this failed in CI before the reactor pointed
     # signal.set_wakeup_fd at its waker.
-    blacklist = tmp_path / "blacklist.txt"
-    blacklist.write_text("ads.example\n")
-    child = Child("--port", str(free_port()), "--blacklist", str(blacklist))
+    child, _ = start_proxy(tmp_path, rules="ads.example\n")
     try:
         child.wait_for("listening on")
         helpers = [int(tid) for tid in os.listdir(f"/proc/{child.proc.pid}/task")]
@@ -232,10 +229,7 @@ def test_sighup_landing_on_a_helper_thread_still_reloads(tmp_path):
 
 
 def test_a_second_sigterm_aborts_the_grace_period(origin, tmp_path):
-    blacklist = tmp_path / "blacklist.txt"
-    blacklist.write_text("")
-    port = free_port()
-    child = Child("--port", str(port), "--blacklist", str(blacklist), "--shutdown-grace", "60")
+    child, port = start_proxy(tmp_path, "--shutdown-grace", "60")
     try:
         child.wait_for("listening on")
         with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
@@ -281,10 +275,7 @@ def _children_of(pid: int) -> list[int]:
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc/PID/task")
 def test_workers_share_the_port_and_stop_together(origin, tmp_path):
-    blacklist = tmp_path / "blacklist.txt"
-    blacklist.write_text("")
-    port = free_port()
-    child = Child("--port", str(port), "--blacklist", str(blacklist), "--workers", "2")
+    child, port = start_proxy(tmp_path, "--workers", "2")
     try:
         announced = {
             child.wait_for("listening on").split()[3],
@@ -328,9 +319,7 @@ def _stop_workers(child: Child, marker: Path) -> None:
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc/PID/task")
 def test_workers_stop_when_their_parent_is_killed(tmp_path):
-    blacklist = tmp_path / "blacklist.txt"
-    blacklist.write_text("")
-    child = Child("--port", str(free_port()), "--blacklist", str(blacklist), "--workers", "2")
+    child, _ = start_proxy(tmp_path, "--workers", "2")
     try:
         child.wait_for("listening on")
         child.wait_for("listening on")
