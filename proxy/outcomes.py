@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-from typing import TYPE_CHECKING
 
 from minireactor import Protocol, Transport
 
@@ -34,9 +33,6 @@ from .pages import error_page, simple_response
 from .states import SessionState
 from .stats import RequestRecord
 from .tunnel import Tunnel
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("proxy.session")
 S = SessionState

@@ -21,7 +21,7 @@ leaves in one ``send``:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
 
 from .guard import guarded
 from .http11 import (
@@ -38,9 +38,6 @@ from .http11 import (
 )
 from .http11.framing import CHUNKED, UNTIL_CLOSE, persists
 from .target import add_via, strip_hop_by_hop
-
-if TYPE_CHECKING:
-    pass
 
 
 class ResponseRelay:
@@ -167,7 +164,7 @@ class ResponseRelay:
             reuse_upstream=reuse, client_reusable=self.client_reusable and self.request_done
         )
 
-    def divert(self, then: Any) -> None:
+    def divert(self, then: Callable[[], None]) -> None:
         """Swallow the rest of this (bodiless) response, then call *then* instead of relaying."""
         self._cancel_timers()
         self._diverted = then

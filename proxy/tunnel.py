@@ -60,11 +60,6 @@ class TunnelEnd(Splicer):
         self.lost = False
         transport.set_protocol(self)
 
-    @property
-    def bytes_received(self) -> int:
-        """Bytes read from this side (spliced or received)."""
-        return self.received
-
     def sink(self) -> Transport | None:
         """The peer's transport: where this side's bytes go."""
         peer = self.peer
