@@ -8,7 +8,7 @@ measures the snapshot's memory twice (RSS growth during the timed parse, and the
 :mod:`tracemalloc` peak of a second, traced parse, which is slower and not timed),
 then times M hits and M misses of :meth:`Blocklist.match` (hosts with 4 labels).
 Finally it saves a small file 20 times by rename through a real
-:class:`~proxy.reload.BlocklistWatcher`, for the native and the polling observer,
+:class:`~proxy.blocklist.watch.BlocklistWatcher`, for the native and the polling observer,
 and reports the save-to-deliver latency.  Every wait is bounded.
 """
 
@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from proxy.blocklist import parse  # noqa: E402
-from proxy.reload import BlocklistWatcher  # noqa: E402
+from proxy.blocklist.watch import BlocklistWatcher  # noqa: E402
 
 
 def rss_bytes() -> int:

@@ -32,11 +32,11 @@ from minireactor.resolver import ResolverLike
 from .auth import Authenticator
 from .auth import load as load_auth_file
 from .blocklist import EMPTY, Blocklist, parse
+from .blocklist.watch import BlocklistWatcher, ReloadReport
 from .cachestep import CacheStep
 from .config import Config
 from .http11 import Limits, Request
-from .pages import error_page, simple_response
-from .reload import BlocklistWatcher, ReloadReport
+from .replies import error_page, simple_response
 from .session import ClientSession
 from .stats import Stats
 from .status import serve_status

@@ -29,7 +29,7 @@ from minireactor import Protocol, Transport
 from .guard import guarded
 from .http11 import NEED_DATA, EndOfMessage, Headers, ProtocolError, Request, RequestParser
 from .http11.framing import persists
-from .pages import error_page, simple_response
+from .replies import error_page, simple_response
 from .states import SessionState
 from .stats import RequestRecord
 from .tunnel import Tunnel

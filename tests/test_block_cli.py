@@ -1,4 +1,4 @@
-"""Tests of ``python -m proxy.block``: edits, validation, atomicity, locking."""
+"""Tests of ``python -m proxy.blocklist``: edits, validation, atomicity, locking."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy import block
-from proxy.block import build_parser, main
+from proxy.blocklist import edit
+from proxy.blocklist.edit import build_parser, main
 
 REPO = Path(__file__).resolve().parent.parent
 HEADER = "# my blocklist\n\nexample.com  # ads\n# old.org\nbad rule here\nsite.net\n"
@@ -64,7 +64,7 @@ def test_invalid_rule_exit_2_and_file_untouched(
     assert run(listfile, command, "good.com", "exa mple.com") == 2
     assert listfile.read_bytes() == before
     err = capsys.readouterr().err.strip()
-    assert err == "proxy.block: invalid rule 'exa mple.com': contains whitespace"
+    assert err == "proxy.blocklist: invalid rule 'exa mple.com': contains whitespace"
 
 
 def test_remove(listfile: Path, capsys: pytest.CaptureFixture) -> None:
@@ -150,7 +150,7 @@ def test_concurrent_adds_in_threads(tmp_path: Path) -> None:
 def test_concurrent_adds_in_subprocesses(tmp_path: Path) -> None:
     path = tmp_path / "b.txt"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "proxy.block", "--file", str(path), "add"]
+    cmd = [sys.executable, "-m", "proxy.blocklist", "--file", str(path), "add"]
     procs = [
         subprocess.Popen([*cmd, f"p{i}.example"], env=env, stdout=subprocess.DEVNULL)
         for i in range(6)
@@ -161,7 +161,7 @@ def test_concurrent_adds_in_subprocesses(tmp_path: Path) -> None:
 
 def test_parser_and_usage_errors(capsys: pytest.CaptureFixture) -> None:
     parser = build_parser()
-    assert parser.prog == "python -m proxy.block"
+    assert parser.prog == "python -m proxy.blocklist"
     assert "exit status" in parser.format_help()
     with pytest.raises(SystemExit) as exc:
         main(["add"])
@@ -179,4 +179,4 @@ def test_check_invalid_url(listfile: Path) -> None:
 
 
 def test_module_docstrings() -> None:
-    assert block.__doc__ and block.main.__doc__ and block.build_parser.__doc__
+    assert edit.__doc__ and edit.main.__doc__ and edit.build_parser.__doc__

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy import reload
-from proxy.blocklist import EMPTY, Blocklist
-from proxy.reload import BlocklistWatcher, ReloadReport
+from proxy.blocklist import EMPTY, Blocklist, watch
+from proxy.blocklist.watch import BlocklistWatcher, ReloadReport
 
 TIMEOUT = 10.0
 Delivered = tuple[Blocklist, ReloadReport]
@@ -59,7 +58,7 @@ def test_modify_in_place(setup) -> None:
 
 def test_rename_save_then_delete_then_recreate(setup, caplog: pytest.LogCaptureFixture) -> None:
     path, watcher, got, _ = setup
-    caplog.set_level(logging.INFO, logger="proxy.reload")
+    caplog.set_level(logging.INFO, logger="proxy.blocklist.watch")
     save_by_rename(path, "other.org\n")
     bl, rep = got.get(timeout=TIMEOUT)
     assert [r.text for r in bl.rules] == ["other.org"]
@@ -82,7 +81,7 @@ def test_rename_save_then_delete_then_recreate(setup, caplog: pytest.LogCaptureF
 
 def test_invalid_lines_are_reported_not_fatal(setup, caplog: pytest.LogCaptureFixture) -> None:
     path, watcher, got, _ = setup
-    caplog.set_level(logging.WARNING, logger="proxy.reload")
+    caplog.set_level(logging.WARNING, logger="proxy.blocklist.watch")
     save_by_rename(path, "good.org\nexa mple.com\n*.\n")
     bl, rep = got.get(timeout=TIMEOUT)
     assert rep.ok and rep.rules == 1 and [e.line for e in rep.errors] == [2, 3]
@@ -124,7 +123,7 @@ def test_other_files_ignored(setup) -> None:
 def test_missing_file_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     got: queue.Queue[Delivered] = queue.Queue()
     watcher = BlocklistWatcher(tmp_path / "none.txt", lambda bl, rep: got.put((bl, rep)))
-    with caplog.at_level(logging.WARNING, logger="proxy.reload"):
+    with caplog.at_level(logging.WARNING, logger="proxy.blocklist.watch"):
         assert watcher.start() is EMPTY
     try:
         assert any("missing" in r.getMessage() for r in caplog.records)
@@ -138,16 +137,16 @@ def test_missing_file_at_start(tmp_path: Path, caplog: pytest.LogCaptureFixture)
 def test_falls_back_to_polling(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    class Broken(reload.Observer):  # type: ignore[misc,valid-type]
+    class Broken(watch.Observer):  # type: ignore[misc,valid-type]
         def start(self) -> None:
             raise OSError(24, "inotify instance limit reached")
 
-    monkeypatch.setattr(reload, "Observer", Broken)
+    monkeypatch.setattr(watch, "Observer", Broken)
     path = tmp_path / "b.txt"
     path.write_text("a.org\n")
     got: queue.Queue[Delivered] = queue.Queue()
     watcher = BlocklistWatcher(path, lambda bl, rep: got.put((bl, rep)))
-    with caplog.at_level(logging.WARNING, logger="proxy.reload"):
+    with caplog.at_level(logging.WARNING, logger="proxy.blocklist.watch"):
         watcher.start()
     try:
         assert watcher.observer_kind == "polling"

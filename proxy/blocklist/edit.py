@@ -1,4 +1,4 @@
-"""``python -m proxy.block``: add, remove, list and check rules of ``blacklist.txt``.
+"""``python -m proxy.blocklist``: add, remove, list and check rules of ``blacklist.txt``.
 
 Theory of operation
 -------------------
@@ -7,7 +7,7 @@ interleave their writes, a crash could leave half a file, and the running proxy
 might read it while it was being written.  This tool instead
 
 1. validates every rule given on the command line first, with the same parser the
-   proxy uses (:func:`proxy.blocklist.parse_rule`); one bad rule and nothing is
+   proxy uses (:func:`proxy.blocklist.rules.parse_rule`); one bad rule and nothing is
    written (exit status 2);
 2. takes an exclusive :func:`fcntl.flock` on a lock file beside the list
    (``.blacklist.txt.lock``; it is left in place, since deleting a lock file races
@@ -31,14 +31,14 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-from proxy.blocklist import Blocklist, canonical_rule, parse
+from .rules import Blocklist, canonical_rule, parse
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-PROG = "python -m proxy.block"
+PROG = "python -m proxy.blocklist"
 EPILOG = """\
 exit status:
   0  success; for check: the URL is blocked
@@ -219,7 +219,3 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         _error(f"{args.file}: {exc}")
         return 3
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -49,9 +49,9 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from proxy.blocklist import EMPTY, Blocklist, ParseError, parse
+from .rules import EMPTY, Blocklist, ParseError, parse
 
-log = logging.getLogger("proxy.reload")
+log = logging.getLogger("proxy.blocklist.watch")
 
 POLL_INTERVAL = 0.1
 """Seconds between two scans of the folder when the polling observer is used."""
