@@ -15,14 +15,15 @@ It knows nothing of HTTP. The pieces, bottom up:
 
 from .connect import ConnectAttempt, connect, connect_host
 from .loop import Reactor
-from .protocol import Protocol
+from .protocol import Protocol, TransportLike
 from .resolver import Resolver, StaticResolver, numeric_address
 from .server import Server, bind_socket, listen
 from .splice import PipePool, Splicer
-from .timers import Deadline, Handle, TimerHandle
+from .timers import Clock, Deadline, Handle, TimerHandle
 from .transport import Transport
 
 __all__ = [
+    "Clock",
     "ConnectAttempt",
     "Deadline",
     "Handle",
@@ -35,6 +36,7 @@ __all__ = [
     "StaticResolver",
     "TimerHandle",
     "Transport",
+    "TransportLike",
     "bind_socket",
     "connect",
     "connect_host",

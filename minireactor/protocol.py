@@ -13,14 +13,16 @@ fixed::
 with ``pause_writing``/``resume_writing`` interleaved when the transport's write buffer crosses its
 water marks. Exactly one ``connection_lost`` ends every connection, whatever the cause, which is
 the one place a protocol releases what it holds.
+
+:class:`TransportLike` is the other half of the contract: the calls a protocol may make on its
+transport. Code typed against it runs as well on a fake transport that records what it is
+told, which is how the proxy's session is tested without a socket.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .transport import Transport
+from typing import Any
+from typing import Protocol as Interface
 
 
 class Protocol:
@@ -28,7 +30,7 @@ class Protocol:
 
     __slots__ = ()  # lets subclasses that declare slots do without a __dict__
 
-    def connection_made(self, transport: Transport) -> None:
+    def connection_made(self, transport: TransportLike) -> None:
         """The transport is ready; keep a reference to it."""
 
     def data_received(self, data: bytes) -> None:
@@ -46,3 +48,57 @@ class Protocol:
 
     def resume_writing(self) -> None:
         """The write buffer drained below the low-water mark: produce again."""
+
+
+class TransportLike(Interface):
+    """What a protocol may ask of its transport: :class:`~minireactor.transport.Transport`'s
+    public surface, which a test's fake transport provides too."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``"peername"``, ``"sockname"`` or ``"socket"``."""
+        ...
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes accepted but not yet handed to the kernel."""
+        ...
+
+    @property
+    def is_closing(self) -> bool:
+        """True once close or abort has been called."""
+        ...
+
+    def set_protocol(self, protocol: Protocol) -> None:
+        """Hand the connection to another protocol."""
+        ...
+
+    def pause_reading(self) -> None:
+        """Stop reading."""
+        ...
+
+    def resume_reading(self) -> None:
+        """Start reading again."""
+        ...
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue *data*."""
+        ...
+
+    def cork(self) -> None:
+        """Hold writes until :meth:`uncork`."""
+        ...
+
+    def uncork(self) -> None:
+        """Send what was held, in as few system calls as possible."""
+        ...
+
+    def write_eof(self) -> None:
+        """Half-close after flushing."""
+        ...
+
+    def close(self) -> None:
+        """Close after flushing."""
+        ...
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Close now, resetting the connection."""
+        ...

@@ -25,7 +25,10 @@ from typing import Protocol
 from .loop import Reactor
 from .timers import Handle
 
-Address = tuple[int, tuple]
+SocketAddress = tuple[str, int] | tuple[str, int, int, int]
+"""An IPv4 ``(host, port)`` or IPv6 ``(host, port, flowinfo, scope_id)`` address."""
+
+Address = tuple[int, SocketAddress]
 """An ``(address family, sockaddr)`` pair, ready for :func:`socket.socket` and ``connect``."""
 
 ResolveCallback = Callable[[list[Address] | None, BaseException | None], None]
@@ -72,7 +75,11 @@ class Resolver:
         # Runs on a pool thread: it may block, and it touches nothing but its arguments.
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            addresses: list[Address] | None = [(info[0], info[4]) for info in infos]
+            addresses: list[Address] | None = [
+                (family, sockaddr)
+                for family, _type, _proto, _name, sockaddr in infos
+                if isinstance(sockaddr[0], str)  # internet addresses only, never raw ones
+            ]
             error: BaseException | None = None
         except OSError as exc:
             addresses, error = None, exc

@@ -38,7 +38,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from typing import TYPE_CHECKING
 
 # At import time, not when the first pipe is made: an import on the loop reads files, and
 # fails when the process is out of descriptors, exactly when a busy proxy makes pipes.
@@ -47,11 +46,9 @@ try:
 except ImportError:  # not a POSIX system: AVAILABLE is False there anyway
     fcntl = None  # type: ignore[assignment]
 
-from .protocol import Protocol
-from .transport import READ_SIZE
-
-if TYPE_CHECKING:
-    from .transport import Transport
+from .loop import Reactor
+from .protocol import Protocol, TransportLike
+from .transport import READ_SIZE, Transport
 
 log = logging.getLogger("minireactor.splice")
 
@@ -165,17 +162,18 @@ class Splicer(Protocol):
     had) bytes arrive through :meth:`data_received` and go out with ``sink().write``.
     """
 
-    __slots__ = ("received", "_pool", "_pipe", "_pending")
+    __slots__ = ("received", "_pool", "_pipe", "_pending", "_reactor")
 
-    transport: Transport | None
+    transport: TransportLike | None
 
     def __init__(self) -> None:
         self.received = 0
         self._pool: PipePool | None = None
         self._pipe: Pipe | None = None
         self._pending = 0
+        self._reactor: Reactor | None = None  # set with the pipes: splicing watches the sink
 
-    def sink(self) -> Transport | None:
+    def sink(self) -> TransportLike | None:
         """The transport this end's bytes go to (None once there is none)."""
         raise NotImplementedError
 
@@ -184,17 +182,19 @@ class Splicer(Protocol):
         """Bytes read from the source and held in a pipe, not yet taken by the sink."""
         return self._pending
 
-    def use_pipes(self, pool: PipePool) -> None:
-        """Splice from now on, borrowing pipes from *pool* (call before reading starts)."""
-        assert self.transport is not None
-        self._pool = pool
-        # The end itself is the read handler (see __call__): a bound method kept per end would
-        # cost 64 bytes, times two per tunnel, times 10,000 idle tunnels.
-        self.transport.set_read_handler(self)
+    def use_pipes(self, pool: PipePool) -> bool:
+        """Splice from now on, borrowing pipes from *pool* (call before reading starts).
 
-    def __call__(self) -> None:
-        """The transport's read handler: same as :meth:`splice_readable`."""
-        self.splice_readable()
+        Only a real socket :class:`~minireactor.transport.Transport` can splice; for any other
+        transport this returns False and the end relays the plain way.
+        """
+        transport = self.transport
+        if not isinstance(transport, Transport):
+            return False
+        self._pool = pool
+        self._reactor = transport.reactor
+        transport.set_read_handler(self.splice_readable)
+        return True
 
     # -- the plain path ----------------------------------------------------------------------
 
@@ -210,7 +210,7 @@ class Splicer(Protocol):
     def splice_readable(self) -> None:
         """The source is readable: move one chunk towards the sink."""
         source = self.transport
-        if source is None:
+        if not isinstance(source, Transport):
             return
         try:
             self._read_chunk(source)
@@ -323,7 +323,8 @@ class Splicer(Protocol):
         if sink is not None and source is not None:
             sock = sink.get_extra_info("socket")
             if sock is not None and sock.fileno() >= 0:
-                source.reactor.remove_writer(sock.fileno())
+                assert self._reactor is not None
+                self._reactor.remove_writer(sock.fileno())
             source.resume_reading()
 
     def drop_pipe(self) -> None:
@@ -341,7 +342,8 @@ class Splicer(Protocol):
         sink = self.sink()
         sock = sink.get_extra_info("socket") if sink is not None else None
         if pending and sink is not None and sock is not None and sock.fileno() >= 0:
-            sink.reactor.remove_writer(sock.fileno())
+            assert self._reactor is not None
+            self._reactor.remove_writer(sock.fileno())
         assert self._pool is not None
         if pending:
             self._pool.discard(pipe)

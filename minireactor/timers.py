@@ -27,15 +27,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .loop import Reactor
+from typing import Any, Protocol
 
 _sequence = itertools.count()
-_monotonic = time.monotonic
 
 
 class Handle:
@@ -140,6 +135,18 @@ class TimerHeap:
         return len(self._heap) - self._cancelled
 
 
+class Clock(Protocol):
+    """What a :class:`Deadline` needs of a reactor: its clock and a way to be called back."""
+
+    def time(self) -> float:
+        """The current time on the reactor's clock."""
+        ...
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Call ``callback(*args)`` at :meth:`time` *when*."""
+        ...
+
+
 class Deadline:
     """A re-armable timeout: :meth:`arm` and :meth:`disarm` are cheap, firing is rare.
 
@@ -149,7 +156,7 @@ class Deadline:
 
     __slots__ = ("_reactor", "_when", "_callback", "_entry")
 
-    def __init__(self, reactor: Reactor) -> None:
+    def __init__(self, reactor: Clock) -> None:
         self._reactor = reactor
         self._when: float | None = None
         self._callback: Callable[[], Any] | None = None
@@ -162,7 +169,7 @@ class Deadline:
 
     def arm(self, delay: float, callback: Callable[[], Any]) -> None:
         """Call *callback* in *delay* seconds, replacing whatever was armed."""
-        when = _monotonic() + delay  # Reactor.time(), without a method call per re-arm
+        when = self._reactor.time() + delay
         self._when = when
         self._callback = callback
         entry = self._entry
@@ -188,7 +195,7 @@ class Deadline:
         when = self._when
         if when is None:
             return
-        if when > _monotonic():
+        if when > self._reactor.time():
             self._entry = self._reactor.call_at(when, self._due)  # moved later meanwhile
             return
         callback = self._callback
