@@ -37,6 +37,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -48,6 +49,13 @@ _ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _COMMENT = re.compile(r"\s#")
 _IPv6 = ipaddress.IPv6Address
+
+
+NetSpec = tuple[Literal["net"], ipaddress.IPv4Network | ipaddress.IPv6Network]
+"""A compiled rule for an address range: ``("net", network)``."""
+HostSpec = tuple[Literal["host"], int, str, int | None, str | None]
+"""A compiled host rule: ``("host", mode, host, port or None, path prefix or None)``."""
+RuleSpec = NetSpec | HostSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +142,7 @@ def _normalize_path(path: str) -> str:
     return head + q + query
 
 
-def _compile(text: str) -> tuple[str, tuple]:
+def _compile(text: str) -> tuple[str, RuleSpec]:
     """Parse one stripped rule: return (canonical text, spec) or raise ValueError.
 
     spec is ``("net", network)`` or ``("host", mode, host, port, path)``.
@@ -241,7 +249,7 @@ class Blocklist:
 
     def __init__(
         self,
-        items: Iterable[tuple[Rule, str, tuple]] = (),
+        items: Iterable[tuple[Rule, str, RuleSpec]] = (),
         errors: Iterable[ParseError] = (),
     ) -> None:
         """Index already compiled *items*; use :func:`parse` instead of calling this."""
@@ -252,7 +260,7 @@ class Blocklist:
         for rule, key, spec in items:
             rules.append(rule)
             canon.append(key)
-            if spec[0] == "net":
+            if len(spec) == 2:
                 net = spec[1]
                 nets.setdefault((net.version, net.prefixlen), {}).setdefault(
                     int(net.network_address), rule
@@ -365,7 +373,7 @@ def _host_of(netloc: str) -> str:
 
 def parse(text: str) -> Blocklist:
     """Parse the blocklist *text*; invalid lines are skipped and listed in ``errors``."""
-    items: list[tuple[Rule, str, tuple]] = []
+    items: list[tuple[Rule, str, RuleSpec]] = []
     errors: list[ParseError] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = _strip_comment(raw)

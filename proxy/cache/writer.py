@@ -42,7 +42,7 @@ class CacheWriter:
         self._closed = False
         self.abandoned = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         """Add a chunk of the body; past ``max_object`` give up silently and free the buffer."""
         if self._closed or self.abandoned:
             return

@@ -1,7 +1,8 @@
 """Events: what the parsers hand out, one message piece at a time.
 
 Theory of operation: a sans-IO parser never calls anybody back. It turns bytes into a stream of
-small immutable-looking records, and the caller pulls them with ``next_event()``. One message is
+small frozen records (as h11's events are: a handler cannot change what the
+parser saw, it builds a new event), and the caller pulls them with ``next_event()``. One message is
 always the same sequence (RFC 9112 section 2.1, message = start-line, fields, optional body)::
 
     Request | Response      the head: start-line and header fields
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from .headers import Headers
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Request:
     """A request head: request-line and header fields (RFC 9112 section 3)."""
 
@@ -41,7 +42,7 @@ class Request:
     connection: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Response:
     """A response head: status-line and header fields (RFC 9112 section 4)."""
 
@@ -59,7 +60,7 @@ class Response:
     connection: frozenset[str] = field(default=frozenset(), compare=False, repr=False)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class Data:
     """A piece of a message body, with any transfer coding (chunked framing) removed."""
 
@@ -68,7 +69,7 @@ class Data:
     data: bytes | memoryview
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class EndOfMessage:
     """The body is complete; *trailers* holds the trailer fields of a chunked body."""
 
@@ -76,7 +77,7 @@ class EndOfMessage:
     trailers: Headers = field(default_factory=Headers)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class ConnectionClosed:
     """The peer closed its side (EOF) at a message boundary, with nothing left unparsed."""
 

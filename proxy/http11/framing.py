@@ -29,7 +29,6 @@ import re
 from http import HTTPStatus
 
 from .errors import ProtocolError
-from .events import Request, Response
 from .headers import Headers
 
 #: The body is chunked (RFC 9112 section 7.1).
@@ -71,20 +70,19 @@ def _codings(headers: Headers, status: int) -> list[str]:
     return codings
 
 
-def request_framing(request: Request) -> Framing:
-    """Decide how the body of *request* is delimited, refusing ambiguity (400/501)."""
-    headers = request.headers
+def request_framing(method: str, version: str, headers: Headers) -> Framing:
+    """Decide how the body of a request is delimited, refusing ambiguity (400/501)."""
     hosts = headers.count("host")
     if hosts > 1:
         raise ProtocolError("more than one Host field")
-    if hosts == 0 and request.version == "HTTP/1.1":
+    if hosts == 0 and version == "HTTP/1.1":
         raise ProtocolError("HTTP/1.1 request without Host")
-    if request.method == "CONNECT":
+    if method == "CONNECT":
         return 0  # the parser pauses: what follows belongs to the tunnel
-    if headers.has("transfer-encoding"):
-        if request.version == "HTTP/1.0":
+    if "transfer-encoding" in headers:
+        if version == "HTTP/1.0":
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 request")
-        if headers.has("content-length"):
+        if "content-length" in headers:
             raise ProtocolError("both Transfer-Encoding and Content-Length")
         codings = _codings(headers, 400)
         if codings[-1] != CHUNKED or codings.count(CHUNKED) != 1:
@@ -92,21 +90,19 @@ def request_framing(request: Request) -> Framing:
         if len(codings) > 1:
             raise ProtocolError(f"transfer coding {codings[0]!r} not implemented", 501)
         return CHUNKED
-    if headers.has("content-length"):
+    if "content-length" in headers:
         return content_length(headers)
     return 0
 
 
-def response_framing(request_method: str, response: Response) -> Framing:
-    """Decide how the body of *response* (to a *request_method* request) is delimited (502)."""
-    status = response.status
+def response_framing(request_method: str, status: int, version: str, headers: Headers) -> Framing:
+    """Decide how the body of a response (to a *request_method* request) is delimited (502)."""
     if request_method == "HEAD" or status < 200 or status in (204, 304):
         return 0
-    headers = response.headers
-    if headers.has("transfer-encoding"):
-        if response.version == "HTTP/1.0":
+    if "transfer-encoding" in headers:
+        if version == "HTTP/1.0":
             raise ProtocolError("Transfer-Encoding in an HTTP/1.0 response", 502)
-        if headers.has("content-length"):
+        if "content-length" in headers:
             raise ProtocolError("both Transfer-Encoding and Content-Length", 502)
         codings = _codings(headers, 502)
         if codings[-1] != CHUNKED:
@@ -114,7 +110,7 @@ def response_framing(request_method: str, response: Response) -> Framing:
         if codings.count(CHUNKED) != 1:
             raise ProtocolError("chunked applied more than once", 502)
         return CHUNKED
-    if headers.has("content-length"):
+    if "content-length" in headers:
         return content_length(headers, 502)
     return UNTIL_CLOSE
 

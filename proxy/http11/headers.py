@@ -51,10 +51,6 @@ class Headers:
         pairs = zip(self._fields, names, strict=True)
         return [field[1] for field, lower in pairs if lower == wanted]
 
-    def has(self, lower_name: str) -> bool:
-        """``lower_name in headers`` for a name already in lower case (one step cheaper)."""
-        return lower_name in self._names
-
     def count(self, name: str) -> int:
         """How many fields are called *name*."""
         return self._names.count(name.lower())

@@ -88,6 +88,15 @@ class _Parser:
         """How many received bytes are buffered, not yet handed out as events."""
         return self._buf.size
 
+    @property
+    def head_started(self) -> bool:
+        """Whether part of a head has arrived: buffered, or already split into lines.
+
+        ``buffered`` alone cannot tell, since a head read up to a line end leaves the buffer
+        empty while the head is still incomplete.
+        """
+        return self._state is _HEAD and (self._buf.size > 0 or self._head.started)
+
     def take_trailing_data(self) -> bytes:
         """Remove and return every buffered byte that was not parsed.
 
@@ -173,8 +182,8 @@ class RequestParser(_Parser):
     def _head_done(self, start: bytes, headers: Headers) -> Request:
         method, target, version = parse_request_line(start)
         connection = headers.tokens("connection")
-        request = Request(method, target, version, headers, connection=connection)
-        request.framing = framing = request_framing(request)
+        framing = request_framing(method, version, headers)
+        request = Request(method, target, version, headers, framing, connection)
         if method == "CONNECT":
             self._state = _PAUSED
             return request
@@ -210,17 +219,16 @@ class ResponseParser(_Parser):
 
     def _head_done(self, start: bytes, headers: Headers) -> Response:
         version, status, reason = parse_status_line(start)
-        response = Response(
-            status, reason, version, headers, connection=headers.tokens("connection")
-        )
+        connection = headers.tokens("connection")
         if not self._methods:
             raise ProtocolError("response received with no request outstanding", 502)
         if status < 200 and status != 101:
-            return response  # interim response: the final one follows
+            # An interim response: the final one follows.
+            return Response(status, reason, version, headers, 0, connection)
         method = self._methods.popleft()
         if status == 101 or (method == "CONNECT" and 200 <= status < 300):
             self._state = _PAUSED
-            return response
-        response.framing = framing = response_framing(method, response)
+            return Response(status, reason, version, headers, 0, connection)
+        framing = response_framing(method, status, version, headers)
         self._start_body(framing)
-        return response
+        return Response(status, reason, version, headers, framing, connection)

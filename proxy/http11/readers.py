@@ -20,6 +20,8 @@ would accept those), and a bounded size line, since extensions are otherwise unb
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import Literal
 
 from .errors import ProtocolError
 from .events import Data, EndOfMessage
@@ -91,7 +93,9 @@ class ChunkedReader(BodyReader):
         self._max_line = limits.max_chunk_line
         self._status = status
         self._remaining = 0
-        self._step = self._size_line
+        self._step: Callable[[ReceiveBuffer], Data | EndOfMessage | Literal[True] | None] = (
+            self._size_line
+        )
         self._trailers = HeadReader(
             start_line=False,
             max_start_line=0,
@@ -115,7 +119,7 @@ class ChunkedReader(BodyReader):
 
     # Each step returns an event, None (need more) or True (go on with the next step).
 
-    def _size_line(self, buf: ReceiveBuffer) -> Data | EndOfMessage | None | bool:
+    def _size_line(self, buf: ReceiveBuffer) -> Literal[True] | None:
         end = buf.find_line_end()
         if end < 0:
             size = len(buf)
@@ -150,7 +154,7 @@ class ChunkedReader(BodyReader):
             self._step = self._data_end
         return Data(data)
 
-    def _data_end(self, buf: ReceiveBuffer) -> bool | None:
+    def _data_end(self, buf: ReceiveBuffer) -> Literal[True] | None:
         if len(buf) and buf.byte_at(0) != _CR:
             raise ProtocolError("chunk data not followed by CRLF", self._status)
         if len(buf) < 2:

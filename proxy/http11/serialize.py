@@ -120,7 +120,7 @@ class BodyWriter:
         self.chunked = chunked
         self._ended = False
 
-    def write(self, data: bytes) -> bytes:
+    def write(self, data: bytes | memoryview) -> bytes:
         """Return the wire bytes carrying *data*; ``b""`` for empty *data*.
 
         :raises RuntimeError: :meth:`end` was already called.
