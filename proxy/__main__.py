@@ -237,7 +237,7 @@ def _serve(config: Config, worker: int | None = None, lifeline: int | None = Non
     if lifeline is not None:
         _stop_with_parent(server, lifeline)
     host, port = server.address
-    rules = len(server.ctx.blocklist)
+    rules = len(server.blocklist)
     _say(
         f"proxy {__version__}{who} listening on http://{host}:{port} "
         f"(blocklist {config.blacklist}: {rules} rules, cache "

@@ -1,11 +1,13 @@
-"""Wiring: one reactor, one listening socket, and everything a session needs to reach.
+"""Wiring: one reactor, one listening socket, and the steps every session is built from.
 
 Theory of operation
 -------------------
-:class:`ProxyServer` builds the pieces and hands each :class:`~proxy.session.ClientSession` a
-:class:`ProxyContext`, the narrow view of shared state a session may use: the reactor, the
-settings, the resolver, the origin-connection pool, the cache step, the live counters and the
-current blocklist. All of it belongs to the reactor thread.
+:class:`ProxyServer` builds, once, what all its sessions share: the policy, the cache step, the
+proxy's own pages, the pool of idle origin connections, the tunnels' idle sweep and pipe pool,
+the live counters, and the network the sessions reach origins through. They go to each
+:class:`~proxy.session.client.ClientSession` in one frozen
+:class:`~proxy.session.client.SessionContext`, and the server itself is the session's
+:class:`~proxy.session.context.SessionHost`. All of it belongs to the reactor thread.
 
 Two other threads exist and neither touches that state: the resolver's pool (its answers come
 back through ``call_soon_threadsafe``) and the blocklist watcher, whose new list arrives the same
@@ -26,59 +28,113 @@ import socket
 import threading
 from typing import Any
 
-from minireactor import Reactor, Resolver, Server, Transport, listen, splice
+from minireactor import Reactor, Resolver, Server, TimerHandle, Transport, listen, splice
 from minireactor.resolver import ResolverLike
 
 from .auth import Authenticator
 from .auth import load as load_auth_file
 from .blocklist import EMPTY, Blocklist, parse
 from .blocklist.watch import BlocklistWatcher, ReloadReport
-from .cachestep import CacheStep
 from .config import Config
-from .http11 import Limits, Request
+from .http11 import Limits
+from .network import ReactorNetwork
+from .policy import PolicyStep
 from .replies import error_page, simple_response
-from .session import ClientSession
+from .session.cachestep import CacheStep
+from .session.client import ClientSession, SessionContext, TunnelKit
+from .session.local import LocalPages
 from .stats import Stats
-from .status import serve_status
 from .tunnel import IdleSweep
 from .upstream import UpstreamPool
 
 log = logging.getLogger("proxy")
 
 
-class ProxyContext:
-    """Shared state a session may use; owned by the reactor thread."""
+class ProxyServer:
+    """A complete proxy instance: reactor, listener, sessions, blocklist watcher."""
 
-    def __init__(self, reactor: Reactor, config: Config, resolver: ResolverLike) -> None:
-        self.reactor = reactor
-        self.config = config
-        self.resolver = resolver
-        self.limits = Limits(
-            max_request_line=config.max_request_line,
-            max_header_bytes=config.max_header_bytes,
-            max_header_fields=config.max_header_fields,
-        )
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        reactor: Reactor | None = None,
+        resolver: ResolverLike | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        self.config = config = config or Config()
+        self._own_reactor = reactor is None
+        self.reactor = reactor = reactor or Reactor()
+        self._own_resolver = resolver is None
+        self.resolver = resolver or Resolver(reactor)
+        self._sock = sock
+        self.server: Server | None = None
+        self.watcher: BlocklistWatcher | None = None
+        self._thread: threading.Thread | None = None
+        self._grace_timer: TimerHandle | None = None
+        self._shutting_down = False
+        self.stopped = threading.Event()
+        self.sessions: set[ClientSession] = set()
+        self.own_addresses: set[tuple[str, int]] = set()
+        self.blocklist: Blocklist = EMPTY
+        self.stats = Stats()
         self.pool = UpstreamPool(
             reactor, config.upstream_idle_timeout, config.max_idle_upstreams_per_host
         )
-        self.stats = Stats()
-        self.tunnel_sweep = IdleSweep(reactor, config.idle_timeout)
         # One small pool of pipes for every tunnel of this process (None: recv/send only).
         self.pipes: splice.PipePool | None = (
             splice.PipePool() if config.splice and splice.AVAILABLE else None
         )
-        self.blocklist: Blocklist = EMPTY
-        self.cache_step: Any = None
-        self.shutting_down = False
-        self.sessions: set[ClientSession] = set()
-        self.own_addresses: set[tuple[str, int]] = set()
-        self.on_session_closed: Any = None
         # Read once at start-up (a blocking read is fine before the loop runs).
         self.auth: Authenticator | None = (
             load_auth_file(config.auth_file) if config.auth_file else None
         )
+        self.cache_step = CacheStep(reactor, config) if config.cache_enabled else None
+        self.context = SessionContext(
+            scheduler=reactor,
+            config=config,
+            limits=Limits(
+                max_request_line=config.max_request_line,
+                max_header_bytes=config.max_header_bytes,
+                max_header_fields=config.max_header_fields,
+            ),
+            network=ReactorNetwork(reactor, self.resolver),
+            host=self,
+            policy=PolicyStep(
+                config,
+                blocklist=lambda: self.blocklist,
+                is_own_address=self.is_own_address,
+                auth=self.auth,
+            ),
+            pool=self.pool,
+            stats=self.stats,
+            tunnels=TunnelKit(IdleSweep(reactor, config.idle_timeout), self.pipes),
+            local=LocalPages(self.stats_document, lambda: self.own_addresses),
+            cache=self.cache_step,
+        )
 
-    # -- policy ----------------------------------------------------------------------------------
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the proxy listens."""
+        assert self.server is not None
+        return self.server.address
+
+    # -- what sessions ask of the server (SessionHost) -------------------------------------------
+
+    @property
+    def shutting_down(self) -> bool:
+        """Whether the proxy is stopping."""
+        return self._shutting_down
+
+    def session_closed(self, session: object) -> None:
+        """A client connection ended: admit a waiting client, or finish stopping."""
+        if isinstance(session, ClientSession):
+            self.sessions.discard(session)
+        server = self.server
+        below_cap = len(self.sessions) < self.config.max_conns
+        if server is not None and server.paused and below_cap and not self._shutting_down:
+            server.resume()
+        if self._shutting_down and not self.sessions:
+            self._finish_shutdown()
 
     def is_own_address(self, host: str, port: int) -> bool:
         """Whether ``host:port`` is where this proxy listens (a request to itself)."""
@@ -86,19 +142,48 @@ class ProxyContext:
             return True
         return host == "localhost" and any(own == port for _, own in self.own_addresses)
 
-    # -- local pages -----------------------------------------------------------------------------
+    def stats_document(self) -> dict[str, Any]:
+        """Every number the dashboard shows, as JSON-ready data (``/stats.json``)."""
+        doc = self.stats.snapshot()
+        doc["cache"] = (
+            self.cache_step.snapshot() if self.cache_step is not None else {"enabled": False}
+        )
+        doc["upstream_pool"] = {"idle": len(self.pool), "reuses": self.pool.reuses}
+        return doc
 
-    def serve_local(self, session: ClientSession, request: Request) -> None:
-        """Answer a request addressed to the proxy itself."""
-        serve_status(self, session, request)
+    # -- starting ------------------------------------------------------------------------------
 
-    # -- lifecycle -------------------------------------------------------------------------------
-
-    def session_closed(self, session: ClientSession) -> None:
-        """A client connection ended."""
-        self.sessions.discard(session)
-        if self.on_session_closed is not None:
-            self.on_session_closed()
+    def start(self) -> ProxyServer:
+        """Bind, load the blocklist and start watching it; the loop is not run yet."""
+        config = self.config
+        if config.trace:
+            trace_log = logging.getLogger("minireactor.trace")
+            self.reactor.set_trace(lambda event, info: trace_log.debug("%s %s", event, info))
+        if self._sock is not None:
+            self.server = Server(self.reactor, self._sock, self._accept)
+        else:
+            self.server = listen(
+                self.reactor,
+                config.host,
+                config.port,
+                self._accept,
+                reuse_port=config.workers > 1,
+            )
+        host, port = self.server.address
+        self.own_addresses.add((host, port))
+        if host in ("0.0.0.0", "::"):
+            self.own_addresses.update({("127.0.0.1", port), ("::1", port)})
+        if config.watch_blacklist:
+            self.watcher = BlocklistWatcher(config.blacklist, self._blocklist_from_thread)
+            initial = self.watcher.start()
+            self.set_blocklist(initial, self.watcher.last_report)
+        else:
+            try:
+                with open(config.blacklist, encoding="utf-8") as handle:
+                    self.set_blocklist(parse(handle.read()))
+            except OSError:
+                self.set_blocklist(EMPTY)
+        return self
 
     def set_blocklist(self, blocklist: Blocklist, report: ReloadReport | None = None) -> None:
         """Swap in a new blocklist (one assignment, on the loop thread)."""
@@ -114,75 +199,9 @@ class ProxyContext:
                 "message": report.message,
             }
 
-
-class ProxyServer:
-    """A complete proxy instance: reactor, listener, sessions, blocklist watcher."""
-
-    def __init__(
-        self,
-        config: Config | None = None,
-        *,
-        reactor: Reactor | None = None,
-        resolver: ResolverLike | None = None,
-        sock: socket.socket | None = None,
-    ) -> None:
-        self.config = config or Config()
-        self._own_reactor = reactor is None
-        self.reactor = reactor or Reactor()
-        self._own_resolver = resolver is None
-        self.resolver = resolver or Resolver(self.reactor)
-        self.ctx = ProxyContext(self.reactor, self.config, self.resolver)
-        self.ctx.on_session_closed = self._session_closed
-        self._sock = sock
-        self.server: Server | None = None
-        self.watcher: BlocklistWatcher | None = None
-        self._thread: threading.Thread | None = None
-        self._grace_timer: Any = None
-        self.stopped = threading.Event()
-
-    @property
-    def address(self) -> tuple[str, int]:
-        """Where the proxy listens."""
-        assert self.server is not None
-        return self.server.address
-
-    def start(self) -> ProxyServer:
-        """Bind, load the blocklist and start watching it; the loop is not run yet."""
-        config = self.config
-        if config.cache_enabled:
-            self.ctx.cache_step = CacheStep(self.ctx)
-        if config.trace:
-            trace_log = logging.getLogger("minireactor.trace")
-            self.reactor.set_trace(lambda event, info: trace_log.debug("%s %s", event, info))
-        if self._sock is not None:
-            self.server = Server(self.reactor, self._sock, self._accept)
-        else:
-            self.server = listen(
-                self.reactor,
-                config.host,
-                config.port,
-                self._accept,
-                reuse_port=config.workers > 1,
-            )
-        host, port = self.server.address
-        self.ctx.own_addresses.add((host, port))
-        if host in ("0.0.0.0", "::"):
-            self.ctx.own_addresses.update({("127.0.0.1", port), ("::1", port)})
-        if config.watch_blacklist:
-            self.watcher = BlocklistWatcher(config.blacklist, self._blocklist_from_thread)
-            initial = self.watcher.start()
-            self.ctx.set_blocklist(initial, self.watcher.last_report)
-        else:
-            try:
-                with open(config.blacklist, encoding="utf-8") as handle:
-                    self.ctx.set_blocklist(parse(handle.read()))
-            except OSError:
-                self.ctx.set_blocklist(EMPTY)
-        return self
-
     def _blocklist_from_thread(self, blocklist: Blocklist, report: ReloadReport) -> None:
         # Runs on the watcher thread: hand over, touch nothing.
-        self.reactor.call_soon_threadsafe(self.ctx.set_blocklist, blocklist, report)
+        self.reactor.call_soon_threadsafe(self.set_blocklist, blocklist, report)
 
     def reload_blocklist(self) -> None:
         """Ask the watcher to re-read the blocklist now (SIGHUP); safe from any thread."""
@@ -190,8 +209,7 @@ class ProxyServer:
             self.watcher.reload_now()
 
     def _accept(self, sock: socket.socket, addr: Any) -> None:
-        ctx = self.ctx
-        if ctx.shutting_down:
+        if self._shutting_down:
             sock.close()
             return
         if not self._client_allowed(addr[0]):
@@ -202,10 +220,10 @@ class ProxyServer:
                 pass
             sock.close()
             return
-        session = ClientSession(ctx)
-        ctx.sessions.add(session)
+        session = ClientSession(self.context)
+        self.sessions.add(session)
         Transport(self.reactor, sock, session)
-        if len(ctx.sessions) >= self.config.max_conns and self.server is not None:
+        if len(self.sessions) >= self.config.max_conns and self.server is not None:
             self.server.pause()
 
     def _client_allowed(self, ip: str) -> bool:
@@ -213,14 +231,6 @@ class ProxyServer:
             return True
         address = ipaddress.ip_address(ip.split("%", 1)[0])
         return any(address in ipaddress.ip_network(net, strict=False) for net in self.config.allow)
-
-    def _session_closed(self) -> None:
-        server = self.server
-        below_cap = len(self.ctx.sessions) < self.config.max_conns
-        if server is not None and server.paused and below_cap and not self.ctx.shutting_down:
-            server.resume()
-        if self.ctx.shutting_down and not self.ctx.sessions:
-            self._finish_shutdown()
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -240,11 +250,11 @@ class ProxyServer:
                 self.reactor.add_signal_handler(getattr(signal, name), action)
 
     def _stop_signalled(self) -> None:
-        if not self.ctx.shutting_down:
+        if not self._shutting_down:
             self.shutdown()
             return
         log.warning(
-            "stop signal again: aborting %d connection(s) without waiting", len(self.ctx.sessions)
+            "stop signal again: aborting %d connection(s) without waiting", len(self.sessions)
         )
         self._finish_shutdown()
 
@@ -277,17 +287,16 @@ class ProxyServer:
 
     def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting, let exchanges in flight finish for *grace* seconds, then stop."""
-        ctx = self.ctx
-        if ctx.shutting_down:
+        if self._shutting_down:
             return
-        ctx.shutting_down = True
+        self._shutting_down = True
         grace = self.config.shutdown_grace if grace is None else grace
-        log.info("shutting down: %d connection(s) open", len(ctx.sessions))
+        log.info("shutting down: %d connection(s) open", len(self.sessions))
         if self.server is not None:
             self.server.close()
-        for session in list(ctx.sessions):
+        for session in list(self.sessions):
             session.shutdown()
-        if not ctx.sessions:
+        if not self.sessions:
             self._finish_shutdown()
         else:
             self._grace_timer = self.reactor.call_later(grace, self._finish_shutdown)
@@ -296,14 +305,14 @@ class ProxyServer:
         if self._grace_timer is not None:
             self._grace_timer.cancel()
             self._grace_timer = None
-        for session in list(self.ctx.sessions):
+        for session in list(self.sessions):
             session.abort()
-        self.ctx.pool.close_all()
+        self.pool.close_all()
         self.reactor.call_soon(self.reactor.stop)
 
     def _release(self) -> None:
-        if self.ctx.pipes is not None:
-            self.ctx.pipes.close()
+        if self.pipes is not None:
+            self.pipes.close()
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None

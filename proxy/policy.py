@@ -2,31 +2,34 @@
 
 Theory of operation
 -------------------
-Before a byte goes to an origin the session asks, in this order (see
-:meth:`proxy.session.ClientSession.check_policy`): is the client authenticated
-(:mod:`proxy.auth`, 407)? Has the request already passed through us (``Via``, 508)? Is it for
-the proxy itself (its status pages)? Is the target well-formed? Does CONNECT aim at an allowed
-port, and does the blocklist name the host or path (403)? Should a ``TRACE`` or ``OPTIONS`` with
-``Max-Forwards: 0`` be answered here? After resolving, one more question: does the name lead
-to an internal address that ``--deny-private`` forbids?
+Before a byte goes to an origin the session asks :class:`PolicyStep`, in this order: is the
+client authenticated (:meth:`~PolicyStep.authenticate`, 407)? Then :meth:`~PolicyStep.decide`:
+has the request already passed through us (``Via``, 508)? Is it for the proxy itself (its own
+pages)? Is the target well-formed (400)? Does CONNECT aim at an allowed port, and does the
+blocklist name the host or path (403)? Should a ``TRACE`` or ``OPTIONS`` with
+``Max-Forwards: 0`` be answered here? After resolving, the dialer asks one more question
+(:func:`address_refusal`): does the name lead to an address that ``--deny-private`` forbids?
 
-The answers are plain values (:class:`Refusal`, :class:`LocalReply`), computed by functions
-that do no I/O, so each rule is tested without sockets and reads as the policy it is.
+The answers are plain values, one class per outcome (:class:`Refusal`, :class:`OwnPage`,
+:class:`LocalReply`, :class:`OpenTunnel`, :class:`Forward`), computed without I/O, so each rule
+is tested without sockets and reads as the policy it is. The session turns each kind of answer
+into one move of its state table. A rule costs only when it is configured: with no auth file
+no credential is looked at, and an empty blocklist is not walked.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 from minireactor.resolver import Address
 
+from .auth import CHALLENGE, Authenticator
+from .blocklist import Blocklist
 from .config import Config
-from .http11 import Headers, Request, serialize_request_head
-from .target import Target
-
-if TYPE_CHECKING:
-    from .blocklist import Blocklist
+from .http11 import Headers, ProtocolError, Request, serialize_request_head
+from .target import Target, has_via_loop, parse_target
 
 
 class Refusal(NamedTuple):
@@ -35,6 +38,13 @@ class Refusal(NamedTuple):
     status: int
     detail: str
     extra: Headers | None = None
+    result: str = "TCP_DENIED"
+
+
+class OwnPage(NamedTuple):
+    """A request addressed to the proxy itself (its dashboard, ``/stats.json``, the PAC file)."""
+
+    request: Request
 
 
 class LocalReply(NamedTuple):
@@ -46,7 +56,81 @@ class LocalReply(NamedTuple):
     extra: Headers | None = None
 
 
+class OpenTunnel(NamedTuple):
+    """A CONNECT that may go to *target*."""
+
+    target: Target
+
+
+class Forward(NamedTuple):
+    """A request that may go to *target*, as *request* (rewritten where a rule asks it)."""
+
+    request: Request
+    target: Target
+
+
+Decision = Refusal | OwnPage | LocalReply | OpenTunnel | Forward
+"""What :meth:`PolicyStep.decide` answers."""
+
 ALLOWED_METHODS = "GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE, CONNECT"
+RESERVED_HOST = "proxy.local"
+"""A host name that always means the proxy itself, wherever it listens."""
+
+
+class PolicyStep:
+    """The proxy's rules, applied to one request head at a time."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        blocklist: Callable[[], Blocklist],
+        is_own_address: Callable[[str, int], bool],
+        auth: Authenticator | None = None,
+    ) -> None:
+        self.config = config
+        self.auth = auth
+        # A function, not a value: the watcher swaps the blocklist while requests come and go,
+        # and each request is checked against the list current when its head arrived.
+        self._blocklist = blocklist
+        self._is_own_address = is_own_address
+
+    def authenticate(self, request: Request) -> str | Refusal | None:
+        """The user *request* authenticates as, its 407, or None when no auth is configured.
+
+        Authentication comes before every other rule: CONNECT and the proxy's own pages need
+        it too.
+        """
+        if self.auth is None:
+            return None
+        user = self.auth.user_for(request.headers)
+        if user is not None:
+            return user
+        given = "proxy-authorization" in request.headers
+        detail = "wrong proxy credentials" if given else "this proxy requires authentication"
+        return Refusal(407, detail, Headers([("Proxy-Authenticate", CHALLENGE)]))
+
+    def decide(self, request: Request) -> Decision:
+        """Apply the rules after authentication, in order; the first that speaks decides."""
+        if has_via_loop(request.headers, self.config.via_pseudonym):
+            return Refusal(508, "forwarding loop: this request already passed through us")
+        if request.target.startswith("/") or request.target == "*":
+            return OwnPage(request)
+        try:
+            target = parse_target(request.method, request.target)
+        except ProtocolError as exc:
+            return Refusal(exc.status, exc.message, result="NONE")
+        if target.host == RESERVED_HOST or self._is_own_address(target.host, target.port):
+            return OwnPage(request)
+        refusal = target_refusal(self.config, self._blocklist(), request, target)
+        if refusal is not None:
+            return refusal
+        if request.method == "CONNECT":
+            return OpenTunnel(target)
+        reply_or_request = max_forwards(request)
+        if isinstance(reply_or_request, LocalReply):
+            return reply_or_request
+        return Forward(reply_or_request, target)
 
 
 def target_refusal(
@@ -59,11 +143,13 @@ def target_refusal(
     if request.method == "CONNECT" and target.port not in config.connect_ports:
         allowed = ", ".join(str(p) for p in sorted(config.connect_ports))
         return Refusal(403, f"CONNECT to port {target.port} is not allowed (allowed: {allowed})")
+    if not blocklist:
+        return None
     path = None if request.method == "CONNECT" else target.path
     try:
         match = blocklist.match(target.host, path, target.port, target.scheme)
     except ValueError as exc:
-        return Refusal(400, f"invalid host {target.host!r}: {exc}")
+        return Refusal(400, f"invalid host {target.host!r}: {exc}", result="NONE")
     if match is not None:
         rule = match.rule
         return Refusal(403, f"blocked by rule '{rule.text}' (line {rule.line} of the blocklist)")
@@ -81,20 +167,29 @@ def address_refusal(config: Config, addresses: list[Address]) -> str | None:
     return None
 
 
-def max_forwards_reply(request: Request) -> LocalReply | None:
+def max_forwards(request: Request) -> Request | LocalReply:
     """RFC 9110 section 7.6.2: answer TRACE/OPTIONS at ``Max-Forwards: 0``, else decrement.
 
-    Returns the reply to send, or None to forward (with the field decremented in place).
+    Returns the reply to send here, or the request to forward (a copy with the field
+    decremented, when it had one; events are never changed in place).
     """
     if request.method not in ("TRACE", "OPTIONS"):
-        return None
+        return request
     value = request.headers.get("max-forwards", "")
-    if not (value.isascii() and value.isdigit()):
-        return None  # absent or malformed: forward as is
+    if not (value is not None and value.isascii() and value.isdigit()):
+        return request  # absent or malformed: forward as is
     hops = int(value)
     if hops > 0:
-        request.headers.set("Max-Forwards", str(hops - 1))
-        return None
+        headers = Headers(request.headers)
+        headers.set("Max-Forwards", str(hops - 1))
+        return Request(
+            request.method,
+            request.target,
+            request.version,
+            headers,
+            request.framing,
+            request.connection,
+        )
     if request.method == "OPTIONS":
         return LocalReply(200, b"", "text/plain", Headers([("Allow", ALLOWED_METHODS)]))
     # TRACE echoes the head it received, minus credentials (RFC 9110 section 9.3.8).

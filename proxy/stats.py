@@ -20,10 +20,11 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .states import SessionState
+from .session.states import INITIAL_STATE, SessionState, Trigger
 
 access_log = logging.getLogger("proxy.access")
 
@@ -52,7 +53,7 @@ class RequestRecord:
 class Stats:
     """Live counters of one proxy instance (owned by the reactor thread)."""
 
-    def __init__(self, clock: Any = time.time, recent: int = 50) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, recent: int = 50) -> None:
         self.clock = clock
         self.started = clock()
         self.states: collections.Counter[SessionState] = collections.Counter()
@@ -68,12 +69,14 @@ class Stats:
         self.blocklist_rules = 0
         self.blocklist_reload: dict[str, Any] = {}
 
-    def moved(self, old: SessionState | None, new: SessionState) -> None:
-        """A connection moved from *old* (None: just accepted) to *new*."""
-        if old is not None:
-            self.states[old] -= 1
-        else:
-            self.connections_total += 1
+    def opened(self) -> None:
+        """A connection was accepted: it starts in the initial state."""
+        self.connections_total += 1
+        self.states[INITIAL_STATE] += 1
+
+    def moved(self, old: SessionState, trigger: Trigger, new: SessionState) -> None:
+        """A connection moved from *old* to *new* (a state machine observer)."""
+        self.states[old] -= 1
         self.states[new] += 1
 
     def finished(self, record: RequestRecord) -> None:

@@ -32,9 +32,10 @@ why path rules of the blocklist cannot apply to HTTPS. The shape is Twisted's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol as TypingProtocol
 
-from minireactor import Reactor, Transport
+from minireactor import Clock, TransportLike
 from minireactor.splice import PipePool, Splicer
 from minireactor.timers import TimerHandle
 
@@ -51,21 +52,21 @@ class TunnelEnd(Splicer):
 
     __slots__ = ("tunnel", "transport", "peer", "eof", "lost")
 
-    def __init__(self, tunnel: Tunnel, transport: Transport) -> None:
+    def __init__(self, tunnel: Tunnel, transport: TransportLike) -> None:
         super().__init__()
         self.tunnel = tunnel
-        self.transport: Transport | None = transport
+        self.transport: TransportLike | None = transport
         self.peer: TunnelEnd | None = None
         self.eof = False
         self.lost = False
         transport.set_protocol(self)
 
-    def sink(self) -> Transport | None:
+    def sink(self) -> TransportLike | None:
         """The peer's transport: where this side's bytes go."""
         peer = self.peer
         return peer.transport if peer is not None else None
 
-    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: TransportLike) -> None:
         """Used when the end's transport is created for the tunnel (the origin side)."""
         self.transport = transport
 
@@ -107,8 +108,8 @@ class Tunnel:
 
     def __init__(
         self,
-        client: Transport,
-        upstream: Transport,
+        client: TransportLike,
+        upstream: TransportLike,
         *,
         owner: TunnelOwner,
         sweep: IdleSweep,
@@ -225,7 +226,7 @@ class IdleSweep:
     and ``t + 2 * idle_timeout``. The timer runs only while some tunnel is open.
     """
 
-    def __init__(self, reactor: Reactor, idle_timeout: float) -> None:
+    def __init__(self, reactor: Clock, idle_timeout: float) -> None:
         self.reactor = reactor
         self.idle_timeout = idle_timeout
         self._tunnels: set[Tunnel] = set()
@@ -238,7 +239,7 @@ class IdleSweep:
         """Watch *tunnel* until :meth:`discard`."""
         self._tunnels.add(tunnel)
         if self._timer is None:
-            self._timer = self.reactor.call_later(self.idle_timeout, self._sweep)
+            self._timer = self._call_later(self._sweep)
 
     def discard(self, tunnel: Tunnel) -> None:
         """Stop watching *tunnel*; the timer stops with the last one."""
@@ -247,6 +248,9 @@ class IdleSweep:
             self._timer.cancel()
             self._timer = None
 
+    def _call_later(self, callback: Callable[[], None]) -> TimerHandle:
+        return self.reactor.call_at(self.reactor.time() + self.idle_timeout, callback)
+
     def _sweep(self) -> None:
         self._timer = None
         # A closed tunnel stays watched until both sides are lost (a close may need a flush),
@@ -254,4 +258,4 @@ class IdleSweep:
         for tunnel in list(self._tunnels):
             tunnel.idle_check()
         if self._tunnels and self._timer is None:
-            self._timer = self.reactor.call_later(self.idle_timeout, self._sweep)
+            self._timer = self._call_later(self._sweep)

@@ -21,8 +21,7 @@ import collections
 import logging
 from typing import Protocol as TypingProtocol
 
-from minireactor import Protocol, Reactor, Transport
-from minireactor.timers import Deadline
+from minireactor import Clock, Deadline, Protocol, TransportLike
 
 from .http11 import Limits, ResponseParser
 
@@ -56,14 +55,14 @@ class Upstream(Protocol):
         self.parser = ResponseParser(limits)
         self.pool = pool
         self.owner: UpstreamOwner | None = None
-        self.transport: Transport | None = None
+        self.transport: TransportLike | None = None
         self.closed = False
         self.eof = False
         self.reused = 0
         # Created by the pool on the first release: most connections are borrowed at once.
         self.idle_deadline: Deadline | None = None
 
-    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: TransportLike) -> None:
         """Remember the transport."""
         self.transport = transport
 
@@ -109,6 +108,16 @@ class Upstream(Protocol):
         if self.transport is not None:
             self.transport.write(data)
 
+    def release(self) -> None:
+        """The owner is done with it: back to the pool for reuse, or closed without a pool."""
+        self.owner = None
+        if self.transport is not None:
+            self.transport.resume_reading()  # the client's backpressure may have paused it
+        if self.pool is not None:
+            self.pool.release(self)
+        else:
+            self.close()
+
     def close(self) -> None:
         """Close after flushing."""
         self.owner = None
@@ -135,7 +144,7 @@ class Upstream(Protocol):
 class UpstreamPool:
     """Idle origin connections by ``(host, port)``, each with an idle timeout."""
 
-    def __init__(self, reactor: Reactor, idle_timeout: float, max_per_key: int) -> None:
+    def __init__(self, reactor: Clock, idle_timeout: float, max_per_key: int) -> None:
         self.reactor = reactor
         self.idle_timeout = idle_timeout
         self.max_per_key = max_per_key

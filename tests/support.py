@@ -215,10 +215,6 @@ class RunningProxy:
         self.host, self.port = self.server.address
         self.url = f"http://{self.host}:{self.port}"
 
-    @property
-    def ctx(self):  # noqa: ANN201 - test helper
-        return self.server.ctx
-
     def call(self, fn: Callable[[], object], timeout: float = 10.0) -> object:
         """Run *fn* on the reactor thread and return its result (to read state safely)."""
         done = threading.Event()

@@ -112,7 +112,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
 
 def records(proxy: RunningProxy, url_part: str) -> list[tuple[str, int, str]]:
     """``(url, status, result)`` of the finished requests whose URL contains *url_part*."""
-    recent = proxy.call(lambda: list(proxy.ctx.stats.recent))
+    recent = proxy.call(lambda: list(proxy.server.stats.recent))
     return [(r.url, r.status, r.result) for r in recent if url_part in r.url]  # type: ignore[union-attr]
 
 
@@ -266,8 +266,8 @@ def test_page_with_subresources_loads_and_is_then_served_from_the_cache(
 
     assert wait_for(lambda: results("TCP_HIT") == resource_urls), records(proxy, base)
     assert results("TCP_MISS") == resource_urls, records(proxy, base)
-    assert proxy.call(lambda: proxy.ctx.stats.requests_total) >= 2 * len(RESOURCES)  # type: ignore[operator]
-    assert proxy.call(lambda: proxy.ctx.stats.results["TCP_HIT"]) >= len(RESOURCES)  # type: ignore[operator]
+    assert proxy.call(lambda: proxy.server.stats.requests_total) >= 2 * len(RESOURCES)  # type: ignore[operator]
+    assert proxy.call(lambda: proxy.server.stats.results["TCP_HIT"]) >= len(RESOURCES)  # type: ignore[operator]
 
 
 def test_browser_reusing_connections_after_cache_hits_causes_no_internal_error(
@@ -318,7 +318,7 @@ def test_https_page_loads_through_a_connect_tunnel(
     assert wait_for(lambda: (where, 200, "TCP_TUNNEL") in records(proxy, where)), records(
         proxy, where
     )
-    assert proxy.call(lambda: proxy.ctx.stats.results["TCP_TUNNEL"]) >= 1  # type: ignore[operator]
+    assert proxy.call(lambda: proxy.server.stats.results["TCP_TUNNEL"]) >= 1  # type: ignore[operator]
     assert proxy_errors(caplog) == []
 
 
@@ -378,7 +378,7 @@ def test_dashboard_renders_live_counters_and_screenshots(
         )
 
     _traffic(proxy, origin, 3)
-    assert proxy.call(lambda: proxy.ctx.stats.requests_total) == 3
+    assert proxy.call(lambda: proxy.server.stats.requests_total) == 3
 
     # proxy.local in absolute form: a page the proxy serves itself; its script fetches
     # /stats.json (same origin, so through the proxy again) and fills the cards in.

@@ -123,7 +123,7 @@ def test_concurrent_fetches_of_one_url_are_collapsed(proxy, origin):
     assert {status for status, _ in results} == {200}
     assert len({body for _, body in results}) == 1
     assert origin.hits["/slow"] == 1
-    collapsed = proxy.call(lambda: proxy.ctx.cache_step.collapsed)
+    collapsed = proxy.call(lambda: proxy.server.cache_step.collapsed)
     assert collapsed >= 1
 
 
@@ -137,7 +137,7 @@ def test_object_over_the_limit_is_relayed_but_not_stored(make_proxy, origin):
     assert body == b"c" * size
     fetch(proxy, origin, path)
     assert origin.hits["/big-cacheable"] == 2
-    assert proxy.call(lambda: proxy.ctx.cache_step.cache.size) == 0
+    assert proxy.call(lambda: proxy.server.cache_step.cache.size) == 0
 
 
 def test_eviction_keeps_the_cache_within_its_size(make_proxy, origin):
@@ -146,9 +146,9 @@ def test_eviction_keeps_the_cache_within_its_size(make_proxy, origin):
     for i in range(10):
         status, _, body = fetch(proxy, origin, f"/big-cacheable?size=20000&n={i}")
         assert (status, len(body)) == (200, 20000)
-        size = proxy.call(lambda: proxy.ctx.cache_step.cache.size)
+        size = proxy.call(lambda: proxy.server.cache_step.cache.size)
         assert 0 < size <= cache_size
-    entries = proxy.call(lambda: len(proxy.ctx.cache_step.cache))
+    entries = proxy.call(lambda: len(proxy.server.cache_step.cache))
     assert entries < 10
     # The most recent object survived eviction; the oldest did not.
     fetch(proxy, origin, "/big-cacheable?size=20000&n=9")

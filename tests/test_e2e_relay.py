@@ -248,7 +248,7 @@ def test_keep_alive_reuses_client_and_origin_connections(proxy, origin):
             assert (status, body) == (200, b"hello from the origin\n")
             assert headers.get("connection", "").lower() != "close"
     assert origin.hits["/hello"] == requests
-    reuses = proxy.call(lambda: proxy.ctx.pool.reuses)
+    reuses = proxy.call(lambda: proxy.server.pool.reuses)
     origin_connections = requests - reuses
     # One origin connection serves them all; allow a spare for a race with the origin.
     assert origin_connections <= 2, f"{origin_connections} origin connections for {requests}"

@@ -284,7 +284,7 @@ def test_loop_through_a_name_for_ourselves_stops_after_one_hop(make_proxy, origi
     proxy = make_proxy()
     status, _headers, _body = _ask(proxy, _get(proxy.port, "/loop"))
     assert status in (404, 508)  # answered, never forwarded round and round
-    assert proxy.call(lambda: proxy.ctx.stats.snapshot()["requests"]["total"]) <= 2
+    assert proxy.call(lambda: proxy.server.stats.snapshot()["requests"]["total"]) <= 2
     good_request(proxy, origin)
 
 

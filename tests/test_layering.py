@@ -4,7 +4,8 @@
 2. The pure layers (``proxy/http11``, ``proxy/target.py``, ``proxy/cache``, the blocklist's
    rules) import no ``socket``, ``selectors``, ``ssl``, ``threading``, ``watchdog`` or
    ``minireactor``.
-6. Small modules, each opening with a docstring ("theory of operation").
+6. Every module opens with a docstring ("theory of operation"), and the import graph has no
+   cycle, so every module can be read after the ones it imports.
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ PURE = (
     "proxy/blocklist/__init__.py",
 )
 FORBIDDEN_IN_PURE = {"socket", "selectors", "ssl", "threading", "watchdog", "minireactor"}
-MAX_LINES = 400
-SOFT_LINES = 300
 
 
 def module_files() -> list[Path]:
@@ -38,6 +37,9 @@ def rel(path: Path) -> str:
     return path.relative_to(REPO).as_posix()
 
 
+FILES = module_files()
+
+
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(REPO).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -45,8 +47,15 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+MODULES = {module_name(p) for p in FILES}
+
+
 def imported_modules(path: Path) -> set[str]:
-    """Absolute names of every module *path* imports (relative imports resolved)."""
+    """Absolute names of every module *path* imports (relative imports resolved).
+
+    ``from package import name`` imports the submodule ``package.name`` when there is one,
+    and otherwise the package itself (a name defined or re-exported there).
+    """
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
@@ -60,23 +69,22 @@ def imported_modules(path: Path) -> set[str]:
                 base = base[: len(base) - (node.level - 1)]
                 prefix = ".".join(base)
                 module = f"{prefix}.{node.module}" if node.module else prefix
-                if node.module is None:
-                    found.update(f"{prefix}.{alias.name}" for alias in node.names)
-                found.add(module)
             else:
                 assert node.module is not None
-                found.add(node.module)
+                module = node.module
+            for alias in node.names:
+                submodule = f"{module}.{alias.name}"
+                found.add(submodule if submodule in MODULES else module)
     return found
 
 
-FILES = module_files()
 IDS = [rel(p) for p in FILES]
 
 
 def test_the_walk_finds_the_packages():
     names = set(IDS)
     assert "minireactor/loop.py" in names
-    assert "proxy/session.py" in names
+    assert "proxy/session/client.py" in names
     assert any(name.startswith("proxy/http11/") for name in names)
 
 
@@ -116,18 +124,62 @@ def test_module_opens_with_a_docstring(path):
     assert isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
 
 
-@pytest.mark.parametrize("path", FILES, ids=rel)
-def test_module_size(path):
-    lines = len(path.read_text(encoding="utf-8").splitlines())
-    assert lines <= MAX_LINES, f"{rel(path)} has {lines} lines (limit {MAX_LINES})"
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the project modules it imports, type-only imports (``TYPE_CHECKING``) included."""
+    names = {module_name(p) for p in FILES}
+    return {module_name(p): imported_modules(p) & names for p in FILES}
 
 
-def test_report_modules_over_the_soft_limit(record_property):
-    """Not a failure: lists modules past about 300 lines, for whoever splits them next."""
-    over = {
-        rel(p): n
-        for p in FILES
-        if (n := len(p.read_text(encoding="utf-8").splitlines())) > SOFT_LINES
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of *graph*: its strongly connected components with more than one
+    module, or a module importing itself (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1 or node in graph[node]:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_cycle_finder_finds_a_type_only_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"a"}}) == [["a"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_imports_back_into_one_that_imports_it() -> None:
+    """The import graph of minireactor and proxy is acyclic, type-only imports included."""
+    assert cycles(import_graph()) == []
+
+
+def test_steps_do_not_import_the_session() -> None:
+    """The steps report through interfaces; only the server imports the session module."""
+    importers = {
+        name for name, imports in import_graph().items() if "proxy.session.client" in imports
     }
-    record_property("over_300_lines", over)
-    print(f"modules over {SOFT_LINES} lines: {over}")
+    assert importers == {"proxy.app"}

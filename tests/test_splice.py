@@ -309,7 +309,7 @@ def test_the_proxy_splices_connect_tunnels_and_returns_its_pipes(make_proxy):
             got, done = bytearray(), threading.Event()
             read_all(sock, got, done, 65536)
     assert bytes(got).partition(b"\r\n\r\n")[2] == data
-    pipes = proxy.ctx.pipes
+    pipes = proxy.server.pipes
     if not splice.AVAILABLE:
         assert pipes is None
         return
@@ -317,13 +317,13 @@ def test_the_proxy_splices_connect_tunnels_and_returns_its_pipes(make_proxy):
 
 
 def test_splice_can_be_turned_off(make_proxy, monkeypatch):
-    assert make_proxy(splice=False).server.ctx.pipes is None
+    assert make_proxy(splice=False).server.pipes is None
     monkeypatch.setattr(splice, "AVAILABLE", False)
-    assert make_proxy().server.ctx.pipes is None
+    assert make_proxy().server.pipes is None
 
 
 def test_an_open_tunnel_sheds_its_http_state_and_still_logs_its_target(make_proxy):
-    from proxy.outcomes import SPENT_PARSER
+    from proxy.session.client import SPENT_PARSER
 
     proxy = make_proxy()
     with socket.create_server(("127.0.0.1", 0)) as listener:
@@ -337,7 +337,7 @@ def test_an_open_tunnel_sheds_its_http_state_and_still_logs_its_target(make_prox
             def held() -> list[tuple[object, ...]]:
                 return [
                     (s.parser is SPENT_PARSER, s.target, s.request.method, s.request.target)
-                    for s in proxy.ctx.sessions
+                    for s in proxy.server.sessions
                     if s.tunnel is not None
                 ]
 
@@ -345,7 +345,7 @@ def test_an_open_tunnel_sheds_its_http_state_and_still_logs_its_target(make_prox
         conn.close()
 
     def logged() -> list[tuple[str, str, int]]:
-        return [(r.method, r.url, r.status) for r in proxy.ctx.stats.recent]
+        return [(r.method, r.url, r.status) for r in proxy.server.stats.recent]
 
     deadline = time.monotonic() + 10
     while not proxy.call(logged) and time.monotonic() < deadline:

@@ -2,33 +2,23 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import json
 
 from proxy.http11 import Headers, Request
-from proxy.status import pac_file, serve_status
+from proxy.policy import LocalReply, Refusal
+from proxy.session.local import LocalPages, pac_file
 
 
-class Answers:
-    """Stands in for a session: records what serve_status answers."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[int, bytes, str]] = []
-
-    def answer(self, status: int, body: bytes, *, content_type: str = "", result: str = "") -> None:
-        self.sent.append((status, body, content_type))
-
-    def answer_error(self, status: int, detail: str, *, result: str = "") -> None:
-        self.sent.append((status, detail.encode(), "text/html"))
+def _pages(*own: tuple[str, int]) -> LocalPages:
+    return LocalPages(lambda: {"uptime_seconds": 1.5}, lambda: set(own))
 
 
 def _pac_for(host_field: str) -> str:
-    ctx = SimpleNamespace(own_addresses={("0.0.0.0", 4095)})
-    session = Answers()
     request = Request("GET", "/proxy.pac", "HTTP/1.1", Headers([("Host", host_field)]))
-    serve_status(ctx, session, request)  # type: ignore[arg-type]
-    status, body, content_type = session.sent[0]
-    assert status == 200 and content_type == "application/x-ns-proxy-autoconfig"
-    return body.decode()
+    reply = _pages(("0.0.0.0", 4095)).reply_for(request)
+    assert isinstance(reply, LocalReply)
+    assert reply.status == 200 and reply.content_type == "application/x-ns-proxy-autoconfig"
+    return reply.body.decode()
 
 
 def test_pac_names_the_host_the_client_used_when_listening_on_all_interfaces():
@@ -42,7 +32,13 @@ def test_pac_never_copies_script_from_the_host_field():
 
 
 def test_own_pages_are_read_only():
-    ctx = SimpleNamespace(own_addresses={("127.0.0.1", 4095)})
-    session = Answers()
-    serve_status(ctx, session, Request("POST", "/", "HTTP/1.1", Headers()))  # type: ignore[arg-type]
-    assert session.sent[0][0] == 405
+    reply = _pages(("127.0.0.1", 4095)).reply_for(Request("POST", "/", "HTTP/1.1", Headers()))
+    assert isinstance(reply, Refusal) and reply.status == 405 and reply.result == "TCP_LOCAL"
+
+
+def test_stats_json_is_the_snapshot_and_unknown_pages_are_404():
+    pages = _pages(("127.0.0.1", 4095))
+    reply = pages.reply_for(Request("GET", "/stats.json", "HTTP/1.1", Headers()))
+    assert isinstance(reply, LocalReply) and json.loads(reply.body) == {"uptime_seconds": 1.5}
+    missing = pages.reply_for(Request("GET", "/nope", "HTTP/1.1", Headers()))
+    assert isinstance(missing, Refusal) and missing.status == 404

@@ -1,0 +1,367 @@
+"""The cache in the request path: LOOKING_UP_CACHE, WAITING_FOR_CACHE, SERVING_FROM_CACHE.
+
+Theory of operation
+-------------------
+:mod:`proxy.cache` decides (pure RFC 9111 logic, tested with a fake clock); this step turns its
+decisions into answers the session acts on, one value per outcome:
+
+* **Fresh hit** (:class:`Hit`): serve the stored response with ``Age`` and
+  ``Cache-Status: ...; hit``, without touching the origin (``TCP_HIT``); a client's own
+  matching conditional gets ``304`` (``TCP_IMS_HIT``).
+* **Stale with validators**: forward with ``If-None-Match``/``If-Modified-Since``
+  (:class:`Miss` carries them in the :class:`CachePlan`). A ``304`` refreshes the stored
+  headers (:class:`Refreshed`) and the stored body is served (``TCP_REFRESH_UNMODIFIED``); a
+  ``200`` replaces it (``TCP_REFRESH_MODIFIED``).
+* **Miss**: forward, and tee a storable response into a :class:`~proxy.cache.CacheWriter`
+  *while* it streams to the client (:class:`Tee`, ``TCP_MISS``); the client never waits for
+  the whole body.
+* **Collapsed forwarding**: while one request for a URL is at the origin, identical requests
+  wait (:class:`Wait`, then :meth:`CacheWaiter.cache_wait_over`) for it to finish and look up
+  again; most become hits. The wait is bounded by ``collapse_wait``; after it, or after one wait
+  that ends in another miss, a request goes upstream itself.
+* **Invalidation**: a successful unsafe request (POST, PUT, DELETE...) drops stored responses
+  for its URL and same-origin ``Location``/``Content-Location`` (RFC 9111 section 4.4).
+
+A cached body is written to the client in slices that follow the client's backpressure
+(:class:`BodySender`), so a slow reader of an 8 MiB object does not pin a private 8 MiB copy in
+its write buffer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from minireactor import TimerHandle
+
+from ..cache import CacheConfig, HttpCache
+from ..cache.store import StoredResponse
+from ..cache.writer import CacheWriter
+from ..config import Config
+from ..http11 import Headers, Request, Response, reason_phrase, serialize_response_head
+from ..target import Target, add_via, strip_hop_by_hop
+from .context import Scheduler
+
+SLICE = 256 * 1024
+"""Bytes of a stored body written per turn; a body no longer than this goes out at once."""
+
+# Heads kept per entry: a few variants of Connection and Cache-Status within one Age second.
+_RENDERED_PER_ENTRY = 8
+
+
+class CacheWaiter(Protocol):
+    """A session waiting in WAITING_FOR_CACHE for an identical fetch."""
+
+    def cache_wait_over(self, expired: bool) -> None:
+        """Look up again: the fetch finished, or (*expired*) the wait was long enough."""
+        ...
+
+
+@dataclass(eq=False)
+class CachePlan:
+    """What the cache knows about the request one session is serving; kept by the session."""
+
+    url: str
+    waiter: CacheWaiter
+    entry: StoredResponse | None = None
+    """The stale response being revalidated."""
+    conditional: Headers | None = None
+    """Validators to send with the forwarded request, replacing the client's own."""
+    leader: bool = False
+    """This request is the one at the origin that identical requests wait for."""
+    waited: bool = False
+    request_time: float = 0.0
+    wait_timer: TimerHandle | None = None
+
+
+class Hit(NamedTuple):
+    """Serve *entry* (or a ``304`` built from it, when *status* says so)."""
+
+    entry: StoredResponse
+    status: int
+    cache_status: str
+    result: str
+
+
+class Wait(NamedTuple):
+    """An identical request is at the origin: wait for it."""
+
+
+class OnlyIfCachedMiss(NamedTuple):
+    """``only-if-cached`` and nothing usable is stored: answer 504."""
+
+    cache_status: str
+
+
+class Miss(NamedTuple):
+    """Go to the origin (with the plan's validators, when revalidating)."""
+
+    cache_status: str
+    result: str
+
+
+LookupOutcome = Hit | Wait | OnlyIfCachedMiss | Miss
+
+
+class Refreshed(NamedTuple):
+    """A ``304`` confirmed the stored response: serve it (as *status*) instead of relaying."""
+
+    entry: StoredResponse
+    status: int
+    cache_status: str
+    result: str
+
+
+class Tee(NamedTuple):
+    """Relay the response, teeing it into *writer* when there is one."""
+
+    writer: CacheWriter | None
+    cache_status: str | None
+    result: str | None
+    """A new result code for the access log, or None to keep the session's."""
+
+
+HeadOutcome = Refreshed | Tee
+
+
+@dataclass(eq=False)
+class _Inflight:
+    leader: CachePlan
+    waiters: list[CachePlan] = field(default_factory=list)
+
+
+class CacheStep:
+    """Connects :class:`~proxy.cache.HttpCache` to the sessions of one proxy."""
+
+    def __init__(
+        self, scheduler: Scheduler, config: Config, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.scheduler = scheduler
+        self.clock = clock
+        self.collapse_wait = config.collapse_wait
+        self.via_pseudonym = config.via_pseudonym
+        self.cache = HttpCache(
+            CacheConfig(max_bytes=config.cache_size, max_object=config.cache_max_object), clock
+        )
+        self.inflight: dict[str, _Inflight] = {}
+        self.hits = 0
+        self.misses = 0
+        self.revalidations = 0
+        self.collapsed = 0
+
+    # -- LOOKING_UP_CACHE ------------------------------------------------------------------------
+
+    def look_up(self, plan: CachePlan, request: Request) -> LookupOutcome:
+        """Decide how to answer a GET/HEAD: from the store, after a wait, or from the origin."""
+        url = plan.url
+        cache = self.cache
+        if not cache.is_cacheable_request(request.method, request.headers):
+            self.misses += 1
+            return Miss("minireactor; fwd=bypass", "TCP_MISS")
+        found = cache.lookup(request.method, url, request.headers)
+        if found.kind == "fresh":
+            assert found.entry is not None
+            self.hits += 1
+            cache_status = f"minireactor; hit; ttl={int(found.ttl or 0)}"
+            if found.not_modified:
+                return Hit(found.entry, 304, cache_status, "TCP_IMS_HIT")
+            return Hit(found.entry, found.entry.status, cache_status, "TCP_HIT")
+        if found.kind == "only-if-cached-miss":
+            self.misses += 1
+            return OnlyIfCachedMiss("minireactor; fwd=miss; detail=only-if-cached")
+        flight = self.inflight.get(url)
+        if flight is not None and flight.leader is not plan and not plan.waited:
+            self.collapsed += 1
+            plan.waited = True
+            flight.waiters.append(plan)
+            plan.wait_timer = self.scheduler.call_later(self.collapse_wait, self._wake, plan, True)
+            return Wait()
+        self.misses += 1
+        if found.kind == "stale":
+            plan.entry = found.entry
+            plan.conditional = found.conditional_headers
+            if plan.conditional is not None:
+                self.revalidations += 1
+            cache_status = f"minireactor; fwd=stale; detail={found.detail or 'stale'}"
+        else:
+            cache_status = f"minireactor; fwd={found.detail or 'uri-miss'}"
+        if flight is None and request.method == "GET":
+            plan.leader = True
+            self.inflight[url] = _Inflight(plan)
+        return Miss(cache_status, "TCP_MISS")
+
+    def request_ended(self, plan: CachePlan) -> None:
+        """The request is over (answered, failed or abandoned): wake the ones waiting for it."""
+        if plan.wait_timer is not None:
+            plan.wait_timer.cancel()
+            plan.wait_timer = None
+            flight = self.inflight.get(plan.url)
+            if flight is not None and plan in flight.waiters:
+                flight.waiters.remove(plan)
+        if plan.leader:
+            plan.leader = False
+            flight = self.inflight.pop(plan.url, None)
+            if flight is not None:
+                for waiter in flight.waiters:
+                    self.scheduler.call_soon(self._wake, waiter, False)
+
+    def _wake(self, plan: CachePlan, expired: bool) -> None:
+        if plan.wait_timer is None:
+            return  # already woken, or its request ended
+        plan.wait_timer.cancel()
+        plan.wait_timer = None
+        if expired:
+            flight = self.inflight.get(plan.url)
+            if flight is not None and plan in flight.waiters:
+                flight.waiters.remove(plan)
+        plan.waiter.cache_wait_over(expired)
+
+    # -- FORWARDING: the response head decides what the cache does -------------------------------
+
+    def on_response_head(
+        self,
+        plan: CachePlan | None,
+        request: Request,
+        target: Target,
+        response: Response,
+        cache_status: str | None,
+    ) -> HeadOutcome:
+        """Tee, refresh or invalidate, for the response head that answered *request*."""
+        cache = self.cache
+        url = target.url
+        now = self.clock()
+        if request.method not in ("GET", "HEAD"):
+            cache.invalidate(request.method, url, response.status, response.headers)
+            return Tee(None, cache_status, None)
+        if plan is None:
+            return Tee(None, cache_status, None)
+        request_time = plan.request_time or now
+        if response.status == 304 and plan.entry is not None and plan.conditional is not None:
+            entry = cache.freshen(plan.entry, response.headers, request_time, now)
+            if entry is not None:
+                status = 304 if cache.client_not_modified(entry, request.headers) else entry.status
+                return Refreshed(
+                    entry,
+                    status,
+                    "minireactor; fwd=stale; fwd-status=304",
+                    "TCP_REFRESH_UNMODIFIED",
+                )
+        # We asked "still the same?" and it was not.
+        result = "TCP_REFRESH_MODIFIED" if plan.conditional is not None else None
+        if request.method != "GET":
+            return Tee(None, cache_status, result)
+        writer = cache.begin_store(
+            request.method,
+            url,
+            request.headers,
+            response.status,
+            response.reason,
+            response.headers,
+            request_time,
+            now,
+        )
+        if writer is not None:
+            return Tee(writer, f"{cache_status}; stored", result)
+        _, why = cache.storable(
+            request.method, url, request.headers, response.status, response.headers
+        )
+        return Tee(None, f"{cache_status}; detail={why}", result)
+
+    # -- SERVING_FROM_CACHE ----------------------------------------------------------------------
+
+    def head_for(
+        self, entry: StoredResponse, status: int, cache_status: str, connection: str
+    ) -> bytes:
+        """The serialised head for a hit: built once per Age second, then reused from the entry.
+
+        Everything that decides its bytes is in the key, so a reused head is exactly the one
+        that would be built again; a busy entry gets one new head per second.
+        """
+        age = self.cache.age_seconds(entry)
+        key = (status, age, cache_status, connection)
+        rendered = entry.rendered
+        if rendered is not None:
+            head = rendered.get(key)
+            if head is not None:
+                return head
+        if status == 304:
+            headers = self.cache.not_modified_headers_for(entry)
+        else:
+            headers = self.cache.response_headers_for(entry)
+        headers = strip_hop_by_hop(headers)
+        add_via(headers, "HTTP/1.1", self.via_pseudonym)
+        headers.add("Cache-Status", cache_status)
+        if connection:
+            headers.add("Connection", connection)
+        reason = entry.reason if status == entry.status else reason_phrase(status)
+        head = serialize_response_head(status, reason, headers)
+        if rendered is None or len(rendered) >= _RENDERED_PER_ENTRY:
+            rendered = entry.rendered = {}  # older ones name past seconds: drop them
+        rendered[key] = head
+        return head
+
+    def snapshot(self) -> dict[str, Any]:
+        """Numbers for the status page."""
+        looked_up = self.hits + self.misses
+        return {
+            "enabled": True,
+            "entries": len(self.cache),
+            "bytes": self.cache.size,
+            "max_bytes": self.cache.config.max_bytes,
+            "hits": self.hits,
+            "misses": self.misses,
+            "revalidations": self.revalidations,
+            "collapsed": self.collapsed,
+            "hit_ratio": round(self.hits / looked_up, 4) if looked_up else 0.0,
+        }
+
+
+class BodySink(Protocol):
+    """Where a :class:`BodySender` writes: the client, through its session."""
+
+    def send_to_client(self, data: bytes | memoryview) -> None:
+        """Write bytes to the client."""
+        ...
+
+    @property
+    def client_closing(self) -> bool:
+        """Whether the client connection is closing (nothing more can be sent)."""
+        ...
+
+    def stored_body_sent(self, reusable: bool) -> None:
+        """The whole body has been written; *reusable* as the sender was told."""
+        ...
+
+
+class BodySender:
+    """Writes a stored body in slices, following the client's backpressure."""
+
+    __slots__ = ("sink", "body", "offset", "paused", "reusable")
+
+    def __init__(self, sink: BodySink, body: bytes, reusable: bool) -> None:
+        self.sink = sink
+        self.body = memoryview(body)
+        self.offset = 0
+        self.paused = False
+        self.reusable = reusable
+        """Whether the client connection may carry another request once the body is sent."""
+
+    def client_paused(self, paused: bool) -> None:
+        """The client's write buffer crossed a water mark."""
+        self.paused = paused
+        if not paused:
+            self.send_more()
+
+    def send_more(self) -> None:
+        """Write slices until the client pushes back or the body is done."""
+        sink = self.sink
+        while not self.paused and self.offset < len(self.body):
+            piece = self.body[self.offset : self.offset + SLICE]
+            self.offset += len(piece)
+            sink.send_to_client(piece)
+            if sink.client_closing:
+                return
+        if self.offset >= len(self.body):
+            sink.stored_body_sent(self.reusable)
