@@ -306,3 +306,340 @@ def _big_cacheable(h: OriginHandler) -> None:
 
 
 ROUTES["/big-cacheable"] = _big_cacheable
+
+
+# -- a fake world for the session state machine: no socket, no thread, virtual time ---------------
+#
+# The session is written against small interfaces (proxy.session.context): a scheduler, a
+# network, a host, transports. These fakes implement them so a test (or notebook 07) can drive
+# the real ClientSession and its real steps (policy, cache step, dialer, exchange, tunnel) one
+# move at a time: play the client with FakeClient.send, play the origin with FakeTransport.feed
+# on the connection FakeNetwork made, and move time with FakeClock.advance.
+
+
+class FakeClock:
+    """A Scheduler with virtual time: callbacks run only when the test says so."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        from minireactor.timers import TimerHeap
+
+        self.now = start
+        self.wall = 1_700_000_000.0  # the cache's wall clock, moved in step
+        self.ready: collections.deque = collections.deque()
+        self.timers = TimerHeap()
+
+    def time(self) -> float:
+        return self.now
+
+    def wall_time(self) -> float:
+        return self.wall + (self.now - 1000.0)
+
+    def call_soon(self, callback: Callable[..., object], *args: object):  # noqa: ANN201
+        from minireactor import Handle
+
+        handle = Handle(callback, args)
+        self.ready.append(handle)
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: object):  # noqa: ANN201
+        return self.timers.push(self.now + delay, callback, args)
+
+    def call_at(self, when: float, callback: Callable[..., object], *args: object):  # noqa: ANN201
+        return self.timers.push(when, callback, args)
+
+    def run(self, limit: int = 10_000) -> int:
+        """Run ready callbacks (and the ones they schedule) until none is left; return how many."""
+        ran = 0
+        while self.ready:
+            handle = self.ready.popleft()
+            if not handle.cancelled:
+                handle.run()
+                ran += 1
+            if ran > limit:
+                raise RuntimeError("callbacks keep scheduling callbacks: a loop?")
+        return ran
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by *seconds*, running every timer that comes due on the way."""
+        target = self.now + seconds
+        self.run()
+        while True:
+            when = self.timers.next_deadline()
+            if when is None or when > target:
+                break
+            self.now = max(self.now, when)
+            for timer in self.timers.pop_due(self.now):
+                if not timer.cancelled:
+                    timer.run()
+            self.run()
+        self.now = target
+        self.run()
+
+
+class FakeTransport:
+    """Stands in for minireactor.Transport: records what the protocol writes and asks for.
+
+    The test plays the peer with feed(), feed_eof() and lose(). Like the real transport it
+    reports connection_made and connection_lost on a later tick (clock.run()).
+    """
+
+    def __init__(self, clock: FakeClock, protocol: object, peer: tuple[str, int]) -> None:
+        self.clock = clock
+        self.protocol = protocol
+        self.peer = peer
+        self.sent = bytearray()
+        self.calls: list[str] = []  # the control calls, in order
+        self.reading = True
+        self.closing = False
+        self.closed = False
+        self.eof_sent = False
+        # A slow reader: with a window, writes past it since the last drain() call the
+        # protocol's pause_writing, as a real transport does past its high-water mark.
+        self.window: int | None = None
+        self.undrained = 0
+        self.writing_paused = False
+        self.lost_with: BaseException | None = None
+        clock.call_soon(self._made)
+
+    def _made(self) -> None:
+        if not self.closed:
+            self.protocol.connection_made(self)  # type: ignore[attr-defined]
+
+    # what the protocol calls
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return {"peername": self.peer}.get(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self.undrained
+
+    @property
+    def is_closing(self) -> bool:
+        return self.closing or self.closed
+
+    def set_protocol(self, protocol: object) -> None:
+        self.protocol = protocol
+
+    def pause_reading(self) -> None:
+        self.calls.append("pause_reading")
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        if not self.reading:
+            self.calls.append("resume_reading")
+        self.reading = True
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self.is_closing or self.eof_sent:
+            return
+        self.sent += data
+        if self.window is not None:
+            self.undrained += len(data)
+            if self.undrained > self.window and not self.writing_paused:
+                self.writing_paused = True
+                self.protocol.pause_writing()  # type: ignore[attr-defined]
+
+    def drain(self) -> None:
+        """The slow reader catches up: everything written so far has left."""
+        self.undrained = 0
+        if self.writing_paused:
+            self.writing_paused = False
+            self.protocol.resume_writing()  # type: ignore[attr-defined]
+        self.clock.run()
+
+    def cork(self) -> None:
+        pass  # the real one gathers writes into one send; here every write is recorded anyway
+
+    def uncork(self) -> None:
+        pass
+
+    def write_eof(self) -> None:
+        self.calls.append("write_eof")
+        self.eof_sent = True
+
+    def close(self) -> None:
+        if not self.is_closing:
+            self.calls.append("close")
+        self.closing = True
+        self._lose(None)
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        self.calls.append("abort")
+        self.closing = True
+        self._lose(exc if exc is not None else ConnectionAbortedError("aborted"))
+
+    def _lose(self, exc: BaseException | None) -> None:
+        if not self.closed:
+            self.closed = True
+            self.lost_with = exc
+            self.clock.call_soon(self.protocol.connection_lost, exc)  # type: ignore[attr-defined]
+
+    # what the test calls, as the peer
+    def feed(self, data: bytes) -> None:
+        """The peer sends *data*."""
+        assert not self.closed, "feeding a closed connection"
+        self.protocol.data_received(data)  # type: ignore[attr-defined]
+        self.clock.run()
+
+    def feed_eof(self) -> None:
+        """The peer half-closes."""
+        if not self.protocol.eof_received():  # type: ignore[attr-defined]
+            self.close()
+        self.clock.run()
+
+    def lose(self, exc: BaseException | None = None) -> None:
+        """The connection breaks (a reset, when *exc* is given)."""
+        self.closing = True
+        self._lose(exc)
+        self.clock.run()
+
+    def take(self) -> bytes:
+        """What was written since the last take()."""
+        data = bytes(self.sent)
+        self.sent.clear()
+        return data
+
+    def status_line(self) -> str:
+        return bytes(self.sent).split(b"\r\n", 1)[0].decode("latin-1")
+
+
+class FakeNetwork:
+    """Names from a table, and origins that accept, refuse or never answer, by address."""
+
+    def __init__(self, clock: FakeClock, hosts: dict[str, str] | None = None) -> None:
+        self.clock = clock
+        self.hosts = {"origin.test": "127.0.0.1", **(hosts or {})}
+        self.refusing: set[tuple[str, int]] = set()
+        self.silent: set[tuple[str, int]] = set()  # connect never completes
+        self.slow_names: set[str] = set()  # resolve never completes
+        self.connections: list[FakeTransport] = []  # every origin connection made, in order
+        self.dialed: list[tuple[str, int]] = []
+
+    def resolve(self, host: str, port: int, callback: Callable[..., None]):  # noqa: ANN201
+        if host in self.slow_names:
+            from minireactor import Handle
+
+            return Handle(callback, ())  # a look-up that never answers
+        ip = self.hosts.get(host, host if host.replace(".", "").isdigit() else None)
+        if ip is None:
+            error = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            return self.clock.call_soon(callback, None, error)
+        return self.clock.call_soon(callback, [(socket.AF_INET, (ip, port))], None)
+
+    def connect(self, addresses: list, callback: Callable[..., None], timeout: float):  # noqa: ANN201
+        address = addresses[0][1][:2]
+        self.dialed.append(address)
+        if address in self.silent:
+            from minireactor import Handle
+
+            return Handle(callback, ())
+        if address in self.refusing:
+            return self.clock.call_soon(
+                callback, None, ConnectionRefusedError(111, "Connection refused")
+            )
+
+        def attach(protocol: object) -> FakeTransport:
+            transport = FakeTransport(self.clock, protocol, address)
+            self.connections.append(transport)
+            return transport
+
+        return self.clock.call_soon(callback, attach, None)
+
+
+class FakeHost:
+    """The server as a session sees it."""
+
+    def __init__(self) -> None:
+        self.shutting_down = False
+        self.closed: list[object] = []
+
+    def session_closed(self, session: object) -> None:
+        self.closed.append(session)
+
+
+class FakeClient:
+    """One client connection to a session: send bytes, read what it answered, see its moves."""
+
+    def __init__(self, world: FakeWorld, port: int) -> None:
+        from proxy.session.client import ClientSession
+
+        self.world = world
+        self.session = ClientSession(world.context)
+        self.moves: list[tuple[object, object, object]] = []
+        self.session.machine.watch(lambda old, trigger, new: self.moves.append((old, trigger, new)))
+        self.transport = FakeTransport(world.clock, self.session, ("127.0.0.1", port))
+        world.clock.run()
+
+    @property
+    def state(self):  # noqa: ANN201
+        return self.session.state
+
+    def send(self, data: bytes | str) -> None:
+        self.transport.feed(data.encode("latin-1") if isinstance(data, str) else data)
+
+    def triggers(self) -> list[str]:
+        return [trigger.name for _, trigger, _ in self.moves]
+
+    def path(self) -> list[str]:
+        """The states visited, starting where the first recorded move started."""
+        if not self.moves:
+            return [self.state.name]
+        return [self.moves[0][0].name] + [new.name for _, _, new in self.moves]
+
+
+class FakeWorld:
+    """A proxy's sessions with everything real but the I/O: build clients and origins on it."""
+
+    def __init__(
+        self, blocklist: str = "", hosts: dict[str, str] | None = None, **config: object
+    ) -> None:
+        from proxy.blocklist import parse
+        from proxy.config import Config
+        from proxy.http11 import Limits
+        from proxy.policy import PolicyStep
+        from proxy.session.cachestep import CacheStep
+        from proxy.session.client import SessionContext, TunnelKit
+        from proxy.session.local import LocalPages
+        from proxy.stats import Stats
+        from proxy.tunnel import IdleSweep
+        from proxy.upstream import UpstreamPool
+
+        settings: dict[str, object] = {"port": 0, "watch_blacklist": False, **config}
+        self.config = config_ = Config(**settings)  # type: ignore[arg-type]
+        self.clock = clock = FakeClock()
+        self.network = FakeNetwork(clock, hosts)
+        self.host = FakeHost()
+        self.blocklist = parse(blocklist)
+        self.stats = Stats(clock=clock.wall_time)
+        self.pool = UpstreamPool(
+            clock, config_.upstream_idle_timeout, config_.max_idle_upstreams_per_host
+        )
+        self.cache = (
+            CacheStep(clock, config_, clock=clock.wall_time) if config_.cache_enabled else None
+        )
+        own = {("127.0.0.1", 4095)}
+        self.context = SessionContext(
+            scheduler=clock,
+            config=config_,
+            limits=Limits(),
+            network=self.network,
+            host=self.host,
+            policy=PolicyStep(
+                config_,
+                blocklist=lambda: self.blocklist,
+                is_own_address=lambda host, port: (host, port) in own,
+            ),
+            pool=self.pool,
+            stats=self.stats,
+            tunnels=TunnelKit(IdleSweep(clock, config_.idle_timeout), None),
+            local=LocalPages(self.stats.snapshot, lambda: own),
+            cache=self.cache,
+        )
+        self._ports = iter(range(50000, 60000))
+
+    def client(self) -> FakeClient:
+        """A new client connection, its session waiting for a request."""
+        return FakeClient(self, next(self._ports))
+
+    def origin(self, index: int = -1) -> FakeTransport:
+        """An origin connection the proxy opened (the latest by default)."""
+        return self.network.connections[index]
