@@ -20,6 +20,7 @@ setup(
             "hypothesis>=6",
             "trustme>=1.1",
             "ruff>=0.6",
+            "mypy>=1.10",
             "docutils>=0.18",  # the docstring tests parse reST the way Sphinx will
         ],
         "docs": ["sphinx>=7", "myst-nb>=1.1", "matplotlib>=3.8"],

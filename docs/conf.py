@@ -75,7 +75,11 @@ nitpick_ignore_regex = [
 nitpick_ignore = [
     ("py:attr", "ReloadReport.errors"),
     ("py:attr", "Authenticator.budget"),
-    ("py:class", "proxy.guard.F"),
+    # Type variables of generic functions, as autodoc writes them in signatures.
+    ("py:class", "proxy.session.guard.Owner"),
+    ("py:class", "~Params"),
+    ("py:class", "proxy.session.diagram.S"),
+    ("py:class", "proxy.session.diagram.T"),
     ("py:class", "proxy.http11.parser._Parser"),
 ]
 

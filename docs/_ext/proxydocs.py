@@ -11,11 +11,11 @@ Every table here is computed while the docs build, from the same objects the pro
   command-line flag that sets it (found by matching the parser's ``dest`` names) and the
   attribute docstring, which is read by parsing ``proxy/config.py`` with :mod:`ast` (the string
   literal right after each field; docstrings of attributes are not kept at run time).
-* ``.. state-table::`` renders :data:`proxy.states.TRANSITIONS` grouped by source state, and
-  ``.. state-diagram::`` draws the same table as an inline SVG with a small layered layout
-  (rank = shortest distance from the initial state), no Graphviz needed.
-* ``.. stats-example::`` prints the JSON of a fresh :class:`proxy.stats.Stats` snapshot, so
-  the list of ``/stats.json`` fields shown is the list the code emits.
+* ``.. state-table::`` renders :data:`proxy.session.states.TABLE` grouped by state, and
+  ``.. state-diagram::`` draws the same table as an inline SVG with
+  :mod:`proxy.session.diagram`, the drawing notebook 07 shows too (no Graphviz needed).
+* ``.. stats-example::`` prints ``/stats.json`` as a fresh, never started
+  :class:`proxy.app.ProxyServer` builds it, so the fields shown are the fields the code emits.
 
 Nothing here needs a network, a binary or a theme asset.
 """
@@ -24,13 +24,10 @@ from __future__ import annotations
 
 import argparse
 import ast
-import collections
 import dataclasses
-import html
 import importlib
 import inspect
 import json
-import types
 from typing import Any
 
 from docutils import nodes
@@ -253,264 +250,112 @@ class ConfigTable(SphinxDirective):
 # -- session states ------------------------------------------------------------------------------
 
 
-def _states_module() -> Any:
-    return importlib.import_module("proxy.states")
-
-
-def _split_moves(states: Any) -> tuple[list[tuple[Any, str, Any]], dict[str, Any]]:
-    """Separate the table's specific moves from the triggers allowed in every live state."""
-    table = states.TRANSITIONS
-    live = [s for s in states.SessionState if s is not states.SessionState.CLOSED]
-    by_trigger: dict[str, set] = collections.defaultdict(set)
-    for (state, trigger), target in table.items():
-        by_trigger[trigger].add((state, target))
-    universal = {}
-    for trigger, pairs in by_trigger.items():
-        targets = {t for _, t in pairs}
-        if {s for s, _ in pairs} >= set(live) and len(targets) == 1:
-            universal[trigger] = targets.pop()
-    moves = [
-        (state, trigger, target)
-        for (state, trigger), target in table.items()
-        if trigger not in universal
-    ]
-    return moves, universal
+def _session_modules() -> tuple[Any, Any]:
+    return (
+        importlib.import_module("proxy.session.states"),
+        importlib.import_module("proxy.session.diagram"),
+    )
 
 
 class StateTable(SphinxDirective):
-    """Render proxy.states.TRANSITIONS: one row per (state, trigger)."""
+    """Render proxy.session.states.TABLE: one row per move, grouped by state."""
 
     def run(self) -> list[nodes.Node]:
         self.env.note_dependency(__file__)  # edits of this extension re-render the page
-        states = _states_module()
+        states, diagram = _session_modules()
         self.env.note_dependency(inspect.getsourcefile(states))
-        moves, universal = _split_moves(states)
-        order = {state: i for i, state in enumerate(states.SessionState)}
-        moves.sort(key=lambda m: (order[m[0]], order[m[2]], m[1]))
+        drawn, listed = diagram.split_background(states.TABLE)
+        background = {(b.trigger, b.target) for b in listed}
         rows = []
-        previous = None
-        for state, trigger, target in moves:
-            rows.append(
-                [
-                    _literal_para(state.name) if state is not previous else "",
-                    _literal_para(trigger),
-                    _literal_para(target.name),
-                ]
-            )
-            previous = state
-        out: list[nodes.Node] = [_table(["State", "Trigger", "Next state"], rows, [34, 30, 36])]
-        if universal:
-            para = nodes.paragraph(text="In every state except CLOSED, also: ")
-            for i, (trigger, target) in enumerate(sorted(universal.items())):
+        for state, moves in states.TABLE.items():
+            shown = [(t, n) for t, n in moves.items() if (t.name, n.name) not in background]
+            for i, (trigger, target) in enumerate(shown):
+                rows.append(
+                    [
+                        _literal_para(state.name) if i == 0 else "",
+                        _literal_para(trigger.name),
+                        _literal_para(target.name),
+                        nodes.paragraph(text=trigger.value),
+                    ]
+                )
+            if not moves:
+                rows.append([_literal_para(state.name), "", "", nodes.paragraph(text="final")])
+        out: list[nodes.Node] = [
+            _table(["State", "Trigger", "Next state", "When"], rows, [22, 22, 22, 34])
+        ]
+        for item in listed:
+            para = nodes.paragraph()
+            para += nodes.literal(text=item.trigger)
+            para += nodes.Text(" → ")
+            para += nodes.literal(text=item.target)
+            para += nodes.Text(f", from {len(item.sources)} states: ")
+            for i, source in enumerate(item.sources):
                 if i:
-                    para += nodes.Text("; ")
-                para += nodes.literal(text=trigger)
-                para += nodes.Text(" → ")
-                para += nodes.literal(text=target.name)
-            para += nodes.Text(
-                f". {len(states.TRANSITIONS)} entries in all, "
-                f"{len(list(states.SessionState))} states, {len(states.triggers())} triggers."
-            )
+                    para += nodes.Text(", ")
+                para += nodes.literal(text=source)
+            para += nodes.Text(".")
             out.append(para)
+        out.append(
+            nodes.paragraph(
+                text=f"{len(states.TRANSITIONS)} moves in all, {len(states.SessionState)} states, "
+                f"{len(states.Trigger)} triggers."
+            )
+        )
         return out
 
 
-def _ranks(states: Any, moves: list[tuple[Any, str, Any]]) -> dict[Any, int]:
-    """Layer the states: longest path from the initial state once cycles are broken.
-
-    A depth-first walk from the initial state (moves in table order) marks the moves that
-    close a cycle (back to a state still on the walk's stack); the remaining moves form a
-    DAG, and each state's rank is its longest distance along them. The main flow then reads
-    top to bottom, and only the moves that loop back (keep-alive, retry, re-check) go up.
-    """
-    successors: dict[Any, list[Any]] = collections.defaultdict(list)
-    for source, _, target in moves:
-        if target not in successors[source]:
-            successors[source].append(target)
-    back: set[tuple[Any, Any]] = set()
-    on_stack: set[Any] = set()
-    seen: set[Any] = set()
-
-    def walk(state: Any) -> None:
-        seen.add(state)
-        on_stack.add(state)
-        for target in successors[state]:
-            if target in on_stack:
-                back.add((state, target))
-            elif target not in seen:
-                walk(target)
-        on_stack.discard(state)
-
-    walk(states.INITIAL_STATE)
-    rank = {state: 0 for state in states.SessionState}
-    for _ in range(len(rank)):  # Bellman-Ford style relaxation; the graph is tiny
-        for source, targets in successors.items():
-            for target in targets:
-                if (source, target) not in back and rank[target] < rank[source] + 1:
-                    rank[target] = rank[source] + 1
-    return rank
-
-
-def state_diagram_svg(states: Any) -> str:
-    """Draw the transition table as SVG: states in rows by rank, moves as labelled curves."""
-    moves, universal = _split_moves(states)
-    rank = _ranks(states, moves)
-    rows: dict[int, list[Any]] = collections.defaultdict(list)
-    for state in states.SessionState:
-        rows[rank[state]].append(state)
-    box_w, box_h, gap_x, gap_y, margin = 190, 34, 70, 92, 30
-    widest = max(len(v) for v in rows.values())
-    width = margin * 2 + widest * box_w + (widest - 1) * gap_x + 320
-    height = margin * 2 + (max(rows) + 1) * (box_h + gap_y)
-    pos: dict[Any, tuple[float, float]] = {}
-    for r, members in rows.items():
-        total = len(members) * box_w + (len(members) - 1) * gap_x
-        x0 = (width - 320 - total) / 2
-        for i, state in enumerate(members):
-            pos[state] = (x0 + i * (box_w + gap_x), margin + r * (box_h + gap_y))
-
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
-        f'width="100%" role="img" aria-label="Session state diagram" '
-        f'style="max-width:{width}px;font-family:sans-serif">',
-        "<defs><marker id='arrow' viewBox='0 0 10 10' refX='9' refY='5' markerWidth='7' "
-        "markerHeight='7' orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' "
-        "fill='#555'/></marker></defs>",
-    ]
-    # Group parallel moves (same source and target) under one curve with stacked labels.
-    grouped: dict[tuple[Any, Any], list[str]] = collections.defaultdict(list)
-    for source, trigger, target in moves:
-        grouped[(source, target)].append(trigger)
-    for index, ((source, target), triggers) in enumerate(
-        sorted(grouped.items(), key=lambda kv: (rank[kv[0][0]], kv[0][0].name, kv[0][1].name))
-    ):
-        sx, sy = pos[source]
-        tx, ty = pos[target]
-        down = rank[target] > rank[source]
-        same = rank[target] == rank[source]
-        if down:
-            x1, y1 = sx + box_w / 2, sy + box_h
-            x2, y2 = tx + box_w / 2, ty
-            bend = 0.0
-        elif same:
-            x1, y1 = sx + (box_w if tx > sx else 0), sy + box_h / 2
-            x2, y2 = tx + (0 if tx > sx else box_w), ty + box_h / 2
-            bend = -40.0
-        else:
-            # Back edges leave from the right side and sweep out to the right margin.
-            x1, y1 = sx + box_w, sy + box_h / 2
-            x2, y2 = tx + box_w, ty + box_h / 2
-            bend = 0.0
-        if down:
-            # Spread edges from one source so parallel curves do not overlap.
-            siblings = sorted(
-                (t for (s, t) in grouped if s is source and rank[t] > rank[s]),
-                key=lambda t: pos[t][0],
-            )
-            k = siblings.index(target)
-            x1 += (k - (len(siblings) - 1) / 2) * 28
-            mx, my = (x1 + x2) / 2, (y1 + y2) / 2
-            path = f"M{x1:.0f},{y1:.0f} C{x1:.0f},{my:.0f} {x2:.0f},{my:.0f} {x2:.0f},{y2:.0f}"
-            lx, ly = mx, my
-            if abs(rank[target] - rank[source]) > 1:
-                lx, ly = x1 + (x2 - x1) * 0.3, y1 + (y2 - y1) * 0.3
-        elif same:
-            mx = (x1 + x2) / 2
-            path = f"M{x1:.0f},{y1:.0f} Q{mx:.0f},{y1 + bend:.0f} {x2:.0f},{y2:.0f}"
-            lx, ly = mx, y1 + bend / 2 - 4
-        else:
-            reach = 60 + 22 * (index % 5) + 18 * (rank[source] - rank[target])
-            cx = max(x1, x2) + reach
-            path = f"M{x1:.0f},{y1:.0f} C{cx:.0f},{y1:.0f} {cx:.0f},{y2:.0f} {x2:.0f},{y2:.0f}"
-            lx, ly = cx - reach * 0.25, (y1 + y2) / 2
-        color = "#a33" if not down and not same else "#555"
-        parts.append(
-            f'<path d="{path}" fill="none" stroke="{color}" stroke-width="1.2" '
-            f'marker-end="url(#arrow)"><title>{html.escape(source.name)} → '
-            f"{html.escape(target.name)}: {html.escape(', '.join(triggers))}</title></path>"
-        )
-        for j, trigger in enumerate(triggers):
-            parts.append(
-                f'<text x="{lx:.0f}" y="{ly + j * 11:.0f}" font-size="10" fill="{color}" '
-                f'text-anchor="middle" paint-order="stroke" stroke="#fff" stroke-width="3">'
-                f"{html.escape(trigger)}</text>"
-            )
-    for state, (x, y) in pos.items():
-        fill = "#e8f4ec" if state is states.INITIAL_STATE else "#eef2f8"
-        parts.append(
-            f'<rect x="{x:.0f}" y="{y:.0f}" width="{box_w}" height="{box_h}" rx="8" '
-            f'fill="{fill}" stroke="#345" stroke-width="1.3"/>'
-            f'<text x="{x + box_w / 2:.0f}" y="{y + box_h / 2 + 4:.0f}" font-size="12" '
-            f'text-anchor="middle" font-family="monospace">{html.escape(state.name)}</text>'
-        )
-    if universal:
-        text = "; ".join(f"{t} → {s.name}" for t, s in sorted(universal.items()))
-        parts.append(
-            f'<text x="{margin}" y="{height - 8}" font-size="13" fill="#333">'
-            f"From every state but CLOSED (not drawn): {html.escape(text)}</text>"
-        )
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
 class StateDiagram(SphinxDirective):
-    """Inline SVG of the session state machine, drawn from TRANSITIONS at build time."""
+    """Inline SVG of the session state machine, drawn from the table at build time."""
 
     def run(self) -> list[nodes.Node]:
         self.env.note_dependency(__file__)  # edits of this extension re-render the page
-        states = _states_module()
+        states, diagram = _session_modules()
         self.env.note_dependency(inspect.getsourcefile(states))
-        svg = state_diagram_svg(states)
+        self.env.note_dependency(inspect.getsourcefile(diagram))
         figure = nodes.container(classes=["state-diagram"])
-        figure += nodes.raw("", svg, format="html")
-        # Non-HTML builders get the edge list as text instead.
-        moves, _ = _split_moves(states)
-        lines = [f"{s.name} --{t}--> {n.name}" for s, t, n in moves]
-        figure += addnodes.only("", nodes.literal_block(text="\n".join(lines)), expr="not html")
+        figure += nodes.raw("", diagram.svg(), format="html")
+        # Non-HTML builders get the moves as text instead.
+        text = "\n".join(diagram.edge_lines())
+        figure += addnodes.only("", nodes.literal_block(text=text), expr="not html")
         return [figure]
 
 
 # -- stats -----------------------------------------------------------------------------------------
 
 
-class _IdlePool:
-    """Stands in for an empty :class:`proxy.upstream.UpstreamPool`."""
-
-    reuses = 0
-
-    def __len__(self) -> int:
-        return 0
-
-
 class StatsExample(SphinxDirective):
-    """The JSON of a fresh ``Stats().snapshot()``, plus the cache and pool keys added by status."""
+    """The JSON of ``/stats.json`` from a fresh proxy that served one request."""
 
     def run(self) -> list[nodes.Node]:
         self.env.note_dependency(__file__)  # edits of this extension re-render the page
         stats_mod = importlib.import_module("proxy.stats")
+        app_mod = importlib.import_module("proxy.app")
         self.env.note_dependency(inspect.getsourcefile(stats_mod))
-        stats = stats_mod.Stats(clock=lambda: 1_800_000_000.0)
-        stats.finished(
-            stats_mod.RequestRecord(
-                at=1_800_000_000.0,
-                client="127.0.0.1:53412",
-                method="GET",
-                url="http://127.0.0.1:8000/",
-                status=200,
-                bytes_sent=426,
-                duration=0.005,
-                result="TCP_MISS",
+        self.env.note_dependency(inspect.getsourcefile(app_mod))
+        config = importlib.import_module("proxy.config").Config(port=0, watch_blacklist=False)
+        # A real (never started) server builds the document, so every key shown is one the
+        # code emits: its counters, its cache step and its pool.
+        server = app_mod.ProxyServer(config)
+        try:
+            server.stats = stats_mod.Stats(clock=lambda: 1_800_000_000.0)
+            server.stats.opened()
+            server.stats.finished(
+                stats_mod.RequestRecord(
+                    at=1_800_000_000.0,
+                    client="127.0.0.1:53412",
+                    method="GET",
+                    url="http://127.0.0.1:8000/",
+                    status=200,
+                    bytes_sent=426,
+                    duration=0.005,
+                    result="TCP_MISS",
+                )
             )
-        )
-        # Build the document the way proxy.status does, from a real CacheStep and the pool's
-        # two counters, so every key shown is one the code emits.
-        config = importlib.import_module("proxy.config").Config()
-        step = importlib.import_module("proxy.cachestep").CacheStep(
-            types.SimpleNamespace(config=config), clock=lambda: 1_800_000_000.0
-        )
-        step.misses = 1
-        ctx = types.SimpleNamespace(stats=stats, cache_step=step, pool=_IdlePool())
-        doc = importlib.import_module("proxy.status").stats_document(ctx)
+            server.cache_step.misses = 1
+            doc = server.stats_document()
+        finally:
+            server.reactor.close()
+            server.resolver.close()
         return [nodes.literal_block(text=json.dumps(doc, indent=1), language="json")]
 
 
@@ -525,7 +370,7 @@ def setup(app: Any) -> dict[str, Any]:
     return {"version": "1.0", "parallel_read_safe": True, "parallel_write_safe": True}
 
 
-__all__ = ["attribute_docstrings", "state_diagram_svg", "setup"]
+__all__ = ["attribute_docstrings", "setup"]
 
 
 # -- re-exported names ---------------------------------------------------------------------------

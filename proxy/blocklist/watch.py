@@ -140,7 +140,7 @@ class BlocklistWatcher:
     def start(self) -> Blocklist:
         """Load the file now, start the observer and worker threads, return the list.
 
-        A missing or unreadable file gives :data:`~proxy.blocklist.EMPTY` and a warning.
+        A missing or unreadable file gives :data:`~proxy.blocklist.rules.EMPTY` and a warning.
 
         :raises OSError: if the folder cannot be watched at all.
         """
