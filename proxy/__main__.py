@@ -127,6 +127,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="require Basic proxy authentication against FILE's user:hash lines "
         "(make lines with: python -m proxy.auth hash USER)",
     )
+    pol.add_argument(
+        "--admin-user",
+        action="append",
+        default=[],
+        metavar="USER",
+        dest="admin_users",
+        help="with --auth-file: a user whose status pages list everyone's recent requests "
+        "(repeatable; others see only their own)",
+    )
     cache = parser.add_argument_group("cache")
     cache.add_argument("--no-cache", action="store_true", help="turn the HTTP cache off")
     cache.add_argument(
@@ -179,6 +188,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         allow=tuple(args.allow),
         deny_private=args.deny_private,
         auth_file=args.auth_file,
+        admin_users=tuple(args.admin_users),
         cache_enabled=not args.no_cache,
         cache_size=args.cache_size,
         cache_max_object=args.cache_max_object,

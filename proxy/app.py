@@ -38,7 +38,7 @@ from .blocklist.watch import BlocklistWatcher, ReloadReport
 from .config import Config
 from .http11 import Limits
 from .network import ReactorNetwork
-from .policy import PolicyStep
+from .policy import RESERVED_HOST, PolicyStep
 from .replies import error_page, simple_response
 from .session.cachestep import CacheStep
 from .session.client import ClientSession, SessionContext, TunnelKit
@@ -75,6 +75,9 @@ class ProxyServer:
         self.stopped = threading.Event()
         self.sessions: set[ClientSession] = set()
         self.own_addresses: set[tuple[str, int]] = set()
+        # Names the proxy's own pages answer to; the listening address joins them at start.
+        self.own_names: set[str] = {"localhost", RESERVED_HOST, "127.0.0.1", "::1"}
+        self.own_names.add(socket.gethostname().lower())  # the machine's name, no DNS asked
         self.blocklist: Blocklist = EMPTY
         self.stats = Stats()
         self.pool = UpstreamPool(
@@ -103,12 +106,18 @@ class ProxyServer:
                 config,
                 blocklist=lambda: self.blocklist,
                 is_own_address=self.is_own_address,
+                own_names=lambda: self.own_names,
                 auth=self.auth,
             ),
             pool=self.pool,
             stats=self.stats,
             tunnels=TunnelKit(IdleSweep(reactor, config.idle_timeout), self.pipes),
-            local=LocalPages(self.stats_document, lambda: self.own_addresses),
+            local=LocalPages(
+                self.stats_document,
+                lambda: self.own_addresses,
+                private=self.auth is not None,
+                admins=frozenset(config.admin_users),
+            ),
             cache=self.cache_step,
         )
 
@@ -142,9 +151,12 @@ class ProxyServer:
             return True
         return host == "localhost" and any(own == port for _, own in self.own_addresses)
 
-    def stats_document(self) -> dict[str, Any]:
-        """Every number the dashboard shows, as JSON-ready data (``/stats.json``)."""
-        doc = self.stats.snapshot()
+    def stats_document(self, viewer: str | None = None) -> dict[str, Any]:
+        """Every number the dashboard shows, as JSON-ready data (``/stats.json``).
+
+        With a *viewer*, the recent requests are that user's only.
+        """
+        doc = self.stats.snapshot(viewer)
         doc["cache"] = (
             self.cache_step.snapshot() if self.cache_step is not None else {"enabled": False}
         )
@@ -171,6 +183,8 @@ class ProxyServer:
             )
         host, port = self.server.address
         self.own_addresses.add((host, port))
+        if host not in ("0.0.0.0", "::"):
+            self.own_names.add(host.lower())
         if host in ("0.0.0.0", "::"):
             self.own_addresses.update({("127.0.0.1", port), ("::1", port)})
         if config.watch_blacklist:

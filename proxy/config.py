@@ -76,6 +76,8 @@ class Config:
     """Refuse targets in loopback, link-local and private ranges."""
     auth_file: str | None = None
     """File of ``user:hash`` lines enabling Basic proxy authentication."""
+    admin_users: tuple[str, ...] = ()
+    """With ``auth_file``: users whose status pages list every user's recent requests."""
 
     via_pseudonym: str = "minireactor"
     """Name written in ``Via``; seeing it on an incoming request means a forwarding loop."""

@@ -20,7 +20,7 @@ no credential is looked at, and an empty blocklist is not walked.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import NamedTuple
 
 from minireactor.resolver import Address
@@ -86,6 +86,7 @@ class PolicyStep:
         *,
         blocklist: Callable[[], Blocklist],
         is_own_address: Callable[[str, int], bool],
+        own_names: Callable[[], Set[str]] = frozenset,
         auth: Authenticator | None = None,
     ) -> None:
         self.config = config
@@ -94,6 +95,7 @@ class PolicyStep:
         # and each request is checked against the list current when its head arrived.
         self._blocklist = blocklist
         self._is_own_address = is_own_address
+        self._own_names = own_names
 
     def authenticate(self, request: Request) -> str | Refusal | None:
         """The user *request* authenticates as, its 407, or None when no auth is configured.
@@ -110,12 +112,18 @@ class PolicyStep:
         detail = "wrong proxy credentials" if given else "this proxy requires authentication"
         return Refusal(407, detail, Headers([("Proxy-Authenticate", CHALLENGE)]))
 
-    def decide(self, request: Request) -> Decision:
-        """Apply the rules after authentication, in order; the first that speaks decides."""
+    def decide(
+        self, request: Request, local_host: Callable[[], str | None] | None = None
+    ) -> Decision:
+        """Apply the rules after authentication, in order; the first that speaks decides.
+
+        *local_host* tells, when asked, the address the client reached us at (a name it may
+        use for the proxy's own pages besides its configured ones).
+        """
         if has_via_loop(request.headers, self.config.via_pseudonym):
             return Refusal(508, "forwarding loop: this request already passed through us")
         if request.target.startswith("/") or request.target == "*":
-            return OwnPage(request)
+            return self._own_page(request, local_host)
         try:
             target = parse_target(request.method, request.target)
         except ProtocolError as exc:
@@ -131,6 +139,34 @@ class PolicyStep:
         if isinstance(reply_or_request, LocalReply):
             return reply_or_request
         return Forward(reply_or_request, target)
+
+    def _own_page(
+        self, request: Request, local_host: Callable[[], str | None] | None
+    ) -> OwnPage | Refusal:
+        # An origin-form request is for the proxy itself, but only under one of its own names:
+        # a page on evil.example whose name is re-bound to our address (DNS rebinding) sends
+        # "Host: evil.example", and must not read the dashboard (RFC 9110 section 15.5.20).
+        named = host_of_field(request.headers.get("host"))
+        if named is None or named in self._own_names():
+            return OwnPage(request)
+        if local_host is not None and named == local_host():
+            return OwnPage(request)
+        return Refusal(
+            421,
+            f"this proxy shows its own pages under its own names only, not {named[:100]!r}",
+        )
+
+
+def host_of_field(value: str | None) -> str | None:
+    """The host of a ``Host`` field value, lower case, without port, brackets or final dot."""
+    if value is None:
+        return None
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    if value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
 
 
 def target_refusal(

@@ -41,6 +41,8 @@ class RequestRecord:
     bytes_sent: int
     duration: float
     result: str
+    user: str | None = None
+    """The authenticated user (with ``--auth-file``), else None."""
 
     def log_line(self) -> str:
         """The access-log line for this request."""
@@ -107,8 +109,13 @@ class Stats:
         """Connections not yet closed."""
         return sum(n for state, n in self.states.items() if state is not SessionState.CLOSED)
 
-    def snapshot(self) -> dict[str, Any]:
-        """Every counter as plain JSON-ready data."""
+    def snapshot(self, viewer: str | None = None) -> dict[str, Any]:
+        """Every counter as plain JSON-ready data.
+
+        The recent requests are shown without their query strings, which often carry tokens;
+        with a *viewer*, only that user's own requests are listed.
+        """
+        recent = [r for r in reversed(self.recent) if viewer is None or r.user == viewer]
         return {
             "uptime_seconds": round(self.clock() - self.started, 3),
             "connections": {
@@ -135,12 +142,12 @@ class Stats:
                     "at": round(r.at, 3),
                     "client": r.client,
                     "method": r.method,
-                    "url": r.url,
+                    "url": r.url.partition("?")[0],
                     "status": r.status,
                     "bytes": r.bytes_sent,
                     "ms": round(r.duration * 1000, 1),
                     "result": r.result,
                 }
-                for r in reversed(self.recent)
+                for r in recent
             ],
         }

@@ -627,6 +627,7 @@ class FakeWorld:
                 config_,
                 blocklist=lambda: self.blocklist,
                 is_own_address=lambda host, port: (host, port) in own,
+                own_names=lambda: {"127.0.0.1", "localhost"},
             ),
             pool=self.pool,
             stats=self.stats,

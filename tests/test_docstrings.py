@@ -83,7 +83,12 @@ MODULES = all_modules()
 
 def test_the_walk_finds_the_packages():
     names = {module.__name__ for module in MODULES}
-    assert {"minireactor.loop", "proxy.session.client", "proxy.http11.parser", "proxy.cache"} <= names
+    assert {
+        "minireactor.loop",
+        "proxy.session.client",
+        "proxy.http11.parser",
+        "proxy.cache",
+    } <= names
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

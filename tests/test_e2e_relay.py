@@ -478,13 +478,14 @@ def test_malformed_request_is_400_and_closes(proxy):
 
 
 def test_origin_form_gets_the_dashboard_and_stats(proxy):
+    own = f"Host: {proxy.host}:{proxy.port}\r\n".encode()
     with proxy.connect() as sock:
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        sock.sendall(b"GET / HTTP/1.1\r\n" + own + b"\r\n")
         status, headers, body = read_response(sock)
         assert status == 200
         assert headers["content-type"].startswith("text/html")
         assert b"<html" in body
-        sock.sendall(b"GET /stats.json HTTP/1.1\r\nHost: proxy\r\n\r\n")
+        sock.sendall(b"GET /stats.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
         status, headers, body = read_response(sock)
     assert status == 200
     doc = json.loads(body)

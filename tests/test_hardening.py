@@ -135,7 +135,9 @@ def test_connect_needs_credentials_too(auth_proxy, raw_origin):
 
 
 def test_own_pages_need_credentials(auth_proxy):
-    status, _headers, _body = _ask(auth_proxy, b"GET /stats.json HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _headers, _body = _ask(
+        auth_proxy, b"GET /stats.json HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    )
     assert status == 407
 
 
@@ -465,7 +467,7 @@ def test_fd_exhaustion_is_survived_without_spinning(proxy_process, origin):
     proxy = proxy_process("--log-level", "WARNING", nofile=48)
     # Warm up: the first status page and forwarded request fill the caches they use.
     with proxy.connect() as sock:
-        sock.sendall(b"GET /stats.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(b"GET /stats.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert read_response(sock)[0] == 200
     assert _proxied_hello(proxy, origin) == 200
     clients = _exhaust(proxy)
@@ -477,7 +479,7 @@ def test_fd_exhaustion_is_survived_without_spinning(proxy_process, origin):
         spent = proxy.cpu_seconds() - before
         assert spent < 0.5 * (time.monotonic() - window), f"{spent:.2f} s of CPU while exhausted"
         # An accepted client is still served (its own pages need no new descriptor)...
-        clients[0].sendall(b"GET /stats.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        clients[0].sendall(b"GET /stats.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert read_response(clients[0])[0] == 200
         # ...and a forwarded request succeeds (an idle pooled connection) or fails cleanly.
         clients[1].sendall(
@@ -497,7 +499,7 @@ def test_first_status_page_while_exhausted(proxy_process):
     proxy = proxy_process("--log-level", "WARNING", nofile=48)
     clients = _exhaust(proxy)
     try:
-        clients[0].sendall(b"GET /stats.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        clients[0].sendall(b"GET /stats.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
         assert read_response(clients[0])[0] == 200
     finally:
         for sock in clients:

@@ -85,7 +85,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float = WAIT) -> bool:
 
 def settled(proxy, fds: int) -> bool:
     """No session left, and the reactor watches only the listener's descriptors (*fds*)."""
-    return proxy.call(lambda: (len(proxy.server.sessions), proxy.reactor.registered_fds)) == (0, fds)
+    return proxy.call(lambda: (len(proxy.server.sessions), proxy.reactor.registered_fds)) == (
+        0,
+        fds,
+    )
 
 
 class RawOrigin:

@@ -455,8 +455,12 @@ def own_pages() -> list[FakeClient]:
     )
     assert b"Allow: GET" in client.transport.sent
     assert client.triggers() == ["HEAD_RECEIVED", "LOCAL_PAGE", "RESPONSE_DONE"] * 2
+    rebound = world.client()  # a web page whose name was re-bound to the proxy's address
+    rebound.send("GET /stats.json HTTP/1.1\r\nHost: evil.example:4095\r\n\r\n")
+    assert rebound.transport.status_line() == "HTTP/1.1 421 Misdirected Request"
+    assert rebound.triggers() == ["HEAD_RECEIVED", "DENIED", "RESPONSE_DONE"]
     assert world.network.dialed == []
-    return [client]
+    return [client, rebound]
 
 
 @story
@@ -723,6 +727,43 @@ def upgraded_to_a_tunnel() -> list[FakeClient]:
     client.send(b"frame up")
     assert origin.take().endswith(b"frame up")
     return [client]
+
+
+@story
+def unasked_switch_is_refused() -> list[FakeClient]:
+    """A 101 to a request that asked for no upgrade is a 502, and the connection stays HTTP."""
+    world = FakeWorld(cache_enabled=False)
+    plain, other = world.client(), world.client()
+    plain.send(GET)
+    world.origin().feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: evil\r\n\r\n")
+    other.send(
+        "GET http://origin.test/chat HTTP/1.1\r\nHost: origin.test\r\n"
+        "Connection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    )
+    world.origin().feed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n")
+    for client in (plain, other):
+        assert client.transport.status_line() == "HTTP/1.1 502 Bad Gateway"
+        assert ("FORWARDING", "UPSTREAM_FAILED", "ANSWERING") in moves_of(client)
+    assert world.origin(0).closed and world.origin(1).closed
+    return [plain, other]
+
+
+@pytest.mark.parametrize("kind", ["relay", "tunnel"])
+def test_an_idle_timeout_cuts_between_one_and_a_quarter_more_periods(kind: str) -> None:
+    world = FakeWorld(cache_enabled=False, idle_timeout=20.0)
+    client = world.client()
+    if kind == "relay":
+        client.send(GET)
+        world.origin().feed(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nhalf")
+        waiting = S.RELAYING_RESPONSE
+    else:
+        client.send("CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test\r\n\r\n")
+        waiting = S.TUNNEL_OPEN
+    assert client.state is waiting
+    started = world.clock.now
+    while client.state is waiting and world.clock.now - started < 100:
+        world.clock.advance(0.25)
+    assert 20.0 <= world.clock.now - started <= 25.25
 
 
 @story

@@ -10,7 +10,7 @@ from proxy.session.local import LocalPages, pac_file
 
 
 def _pages(*own: tuple[str, int]) -> LocalPages:
-    return LocalPages(lambda: {"uptime_seconds": 1.5}, lambda: set(own))
+    return LocalPages(lambda viewer: {"uptime_seconds": 1.5, "viewer": viewer}, lambda: set(own))
 
 
 def _pac_for(host_field: str) -> str:
@@ -39,6 +39,36 @@ def test_own_pages_are_read_only():
 def test_stats_json_is_the_snapshot_and_unknown_pages_are_404():
     pages = _pages(("127.0.0.1", 4095))
     reply = pages.reply_for(Request("GET", "/stats.json", "HTTP/1.1", Headers()))
-    assert isinstance(reply, LocalReply) and json.loads(reply.body) == {"uptime_seconds": 1.5}
+    assert isinstance(reply, LocalReply)
+    assert json.loads(reply.body) == {"uptime_seconds": 1.5, "viewer": None}
     missing = pages.reply_for(Request("GET", "/nope", "HTTP/1.1", Headers()))
     assert isinstance(missing, Refusal) and missing.status == 404
+
+
+def test_with_authentication_each_user_sees_only_their_own_requests_unless_admin():
+    pages = LocalPages(
+        lambda viewer: {"viewer": viewer},
+        lambda: {("127.0.0.1", 4095)},
+        private=True,
+        admins={"root"},
+    )
+    request = Request("GET", "/stats.json", "HTTP/1.1", Headers())
+
+    def viewer_for(user):
+        reply = pages.reply_for(request, user)
+        assert isinstance(reply, LocalReply)
+        return json.loads(reply.body)["viewer"]
+
+    assert viewer_for("alice") == "alice"
+    assert viewer_for("root") is None
+
+
+def test_recent_requests_lose_their_query_strings_and_can_be_one_users():
+    from proxy.stats import RequestRecord, Stats
+
+    stats = Stats(clock=lambda: 100.0)
+    for user, url in (("alice", "http://a.test/x?token=s3cret"), ("bob", "http://b.test/y")):
+        stats.finished(RequestRecord(100.0, "c", "GET", url, 200, 1, 0.1, "TCP_MISS", user))
+    urls = [r["url"] for r in stats.snapshot()["recent"]]
+    assert urls == ["http://b.test/y", "http://a.test/x"]
+    assert [r["url"] for r in stats.snapshot("alice")["recent"]] == ["http://a.test/x"]

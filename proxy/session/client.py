@@ -341,12 +341,12 @@ class ClientSession(StreamProtocol):
             self._refuse(who)
             return
         self.log.user = who
-        decision = policy.decide(request)
+        decision = policy.decide(request, self._local_host)
         if isinstance(decision, Refusal):
             self._refuse(decision)
         elif isinstance(decision, OwnPage):
             self._fire(T.LOCAL_PAGE)
-            reply = self.ctx.local.reply_for(decision.request)
+            reply = self.ctx.local.reply_for(decision.request, self.log.user)
             if isinstance(reply, Refusal):
                 self.answer_error(reply.status, reply.detail, result=reply.result)
             else:
@@ -362,6 +362,11 @@ class ClientSession(StreamProtocol):
             self._dial()
         else:
             self._forward(decision)
+
+    def _local_host(self) -> str | None:
+        """The address the client connected to (asked only for the proxy's own pages)."""
+        sockname = self.transport.get_extra_info("sockname") if self.transport else None
+        return str(sockname[0]).lower() if sockname else None
 
     def _forward(self, decision: Forward) -> None:
         request = self.request = decision.request
@@ -602,10 +607,12 @@ class ClientSession(StreamProtocol):
 
     def _watch_relay(self) -> None:
         # Progress is bytes sent to the client or drained by it: a slow reader pausing the
-        # origin is not a stalled relay, but a relay where neither moves is.
+        # origin is not a stalled relay, but a relay where neither moves is. Checked four
+        # times per idle timeout, so a stall is cut between one and 1.25 timeouts after it
+        # began, never two.
         self._seen_progress = (-1, -1)
         self._quiet_since = self.ctx.scheduler.time()
-        self.deadline.arm(self.ctx.config.idle_timeout, self._check_relay)
+        self.deadline.arm(self.ctx.config.idle_timeout / 4, self._check_relay)
 
     @guarded
     def _check_relay(self) -> None:
@@ -613,14 +620,19 @@ class ClientSession(StreamProtocol):
             return
         transport = self.transport
         progress = (self.progress, transport.get_write_buffer_size() if transport else 0)
-        if progress == self._seen_progress:
+        now = self.ctx.scheduler.time()
+        idle_timeout = self.ctx.config.idle_timeout
+        if progress != self._seen_progress:
+            self._seen_progress = progress
+            self._quiet_since = now
+        elif now - self._quiet_since >= idle_timeout:
             self.exchange.abandon()
             self.exchange = None
             self._fire(T.RELAY_STALLED)
             self._reset_midway("the response stopped moving for the idle timeout")
             return
-        self._seen_progress = progress
-        self.deadline.arm(self.ctx.config.idle_timeout, self._check_relay)
+        left = self._quiet_since + idle_timeout - now
+        self.deadline.arm(min(idle_timeout / 4, max(left, 0.001)), self._check_relay)
 
     # -- TUNNEL_OPEN -----------------------------------------------------------------------------
 
@@ -839,6 +851,7 @@ class ClientSession(StreamProtocol):
                 bytes_sent=entry.bytes_sent,
                 duration=self.ctx.scheduler.time() - entry.started,
                 result=entry.result,
+                user=entry.user,
             )
         )
 

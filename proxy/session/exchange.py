@@ -143,6 +143,19 @@ def asks_upgrade(request: Request) -> bool:
     return "upgrade" in request.connection and "upgrade" in request.headers
 
 
+def switches_as_asked(request: Request, response: Response) -> bool:
+    """Whether a ``101`` answers a request that asked to upgrade to that very protocol.
+
+    RFC 9110 section 15.2.2: a server switches only to a protocol named in the request's
+    ``Upgrade`` field, and only when the request asked (``Connection: upgrade``).
+    """
+    if not asks_upgrade(request):
+        return False
+    offered = {p.strip().lower() for p in request.headers.get_list("upgrade") if p.strip()}
+    chosen = [p.strip().lower() for p in response.headers.get_list("upgrade") if p.strip()]
+    return bool(chosen) and all(protocol in offered for protocol in chosen)
+
+
 class ClientHead(NamedTuple):
     """A response head rewritten for one client, and how its body must be framed."""
 
@@ -374,6 +387,11 @@ class Exchange:
 
     def _response_head(self, response: Response) -> None:
         self.response = response
+        if response.status == 101 and not switches_as_asked(self.request, response):
+            # Otherwise the client's next request, for any host, would reach this origin as
+            # raw bytes, and it could answer as that host.
+            self._origin_broke(502, "the origin switched protocols though none was asked for")
+            return
         plan = self.owner.response_head(response)
         if plan is None:
             return  # the session took the response over

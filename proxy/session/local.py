@@ -39,20 +39,30 @@ class LocalPages:
 
     def __init__(
         self,
-        snapshot: Callable[[], dict[str, Any]],
+        snapshot: Callable[[str | None], dict[str, Any]],
         own_addresses: Callable[[], Set[tuple[str, int]]],
+        *,
+        private: bool = False,
+        admins: Set[str] = frozenset(),
     ) -> None:
         self._snapshot = snapshot
         self._own_addresses = own_addresses
+        self._private = private
+        self._admins = admins
 
-    def reply_for(self, request: Request) -> LocalReply | Refusal:
-        """The page *request* asks for, or why there is none."""
+    def reply_for(self, request: Request, user: str | None = None) -> LocalReply | Refusal:
+        """The page *request* (from the authenticated *user*, if any) asks for, or why not.
+
+        With authentication on (*private*), a user sees only their own recent requests,
+        unless they are one of the *admins*.
+        """
         target = request.target
         path = target if target.startswith("/") else (urlsplit(target).path or "/")
         if request.method not in ("GET", "HEAD"):
             return Refusal(405, "the proxy's own pages are read-only", result="TCP_LOCAL")
         if path == "/stats.json":
-            body = json.dumps(self._snapshot(), indent=1).encode()
+            viewer = user if self._private and user not in self._admins else None
+            body = json.dumps(self._snapshot(viewer), indent=1).encode()
             return LocalReply(200, body, "application/json")
         if path == "/proxy.pac":
             host, port = next(iter(sorted(self._own_addresses())))
