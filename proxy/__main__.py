@@ -56,6 +56,27 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _parent(text: str) -> str:
+    from .parent import parse_parent
+
+    try:
+        parse_parent(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _bypass_list(text: str) -> list[str]:
+    from .parent import Bypass
+
+    entries = [entry.strip() for entry in text.split(",") if entry.strip()]
+    try:
+        Bypass(entries)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return entries
+
+
 def _auth_file(path: str) -> str:
     from .auth import AuthFileError, load
 
@@ -136,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --auth-file: a user whose status pages list everyone's recent requests "
         "(repeatable; others see only their own)",
     )
+    hops = parser.add_argument_group("parent proxy")
+    hops.add_argument(
+        "--parent",
+        type=_parent,
+        metavar="URL",
+        help="send every request through this proxy: http://[user:password@]HOST[:PORT]",
+    )
+    hops.add_argument(
+        "--parent-bypass",
+        type=_bypass_list,
+        action="extend",
+        default=[],
+        metavar="LIST",
+        help="comma-separated domains and CIDR networks that go direct (repeatable)",
+    )
+    hops.add_argument(
+        "--via-name",
+        default=defaults.via_pseudonym,
+        metavar="NAME",
+        dest="via_pseudonym",
+        help="name in Via, used to detect loops; chained proxies need different ones (%(default)s)",
+    )
     cache = parser.add_argument_group("cache")
     cache.add_argument("--no-cache", action="store_true", help="turn the HTTP cache off")
     cache.add_argument(
@@ -189,6 +232,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         deny_private=args.deny_private,
         auth_file=args.auth_file,
         admin_users=tuple(args.admin_users),
+        parent=args.parent,
+        parent_bypass=tuple(args.parent_bypass),
+        via_pseudonym=args.via_pseudonym,
         cache_enabled=not args.no_cache,
         cache_size=args.cache_size,
         cache_max_object=args.cache_max_object,

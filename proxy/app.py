@@ -38,6 +38,7 @@ from .blocklist.watch import BlocklistWatcher, ReloadReport
 from .config import Config
 from .http11 import Limits
 from .network import ReactorNetwork
+from .parent import Bypass, Route, parse_parent
 from .policy import RESERVED_HOST, PolicyStep
 from .replies import error_page, simple_response
 from .session.cachestep import CacheStep
@@ -119,6 +120,10 @@ class ProxyServer:
                 admins=frozenset(config.admin_users),
             ),
             cache=self.cache_step,
+            route=Route(
+                parse_parent(config.parent) if config.parent else None,
+                Bypass(config.parent_bypass),
+            ),
         )
 
     @property

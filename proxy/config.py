@@ -79,8 +79,14 @@ class Config:
     admin_users: tuple[str, ...] = ()
     """With ``auth_file``: users whose status pages list every user's recent requests."""
 
+    parent: str | None = None
+    """Another proxy to send every request through: ``http://[user:password@]host[:port]``."""
+    parent_bypass: tuple[str, ...] = ()
+    """Domains and CIDR networks that go direct although a ``parent`` is set."""
+
     via_pseudonym: str = "minireactor"
-    """Name written in ``Via``; seeing it on an incoming request means a forwarding loop."""
+    """Name written in ``Via``; seeing it on an incoming request means a forwarding loop (give
+    two proxies chained on one machine different names)."""
     trace: bool = False
     """Print the reactor's trace events (ticks, fd events, callbacks) to the log."""
     log_level: str = "INFO"

@@ -24,11 +24,12 @@ from typing import Protocol as TypingProtocol
 from minireactor import Clock, Deadline, Protocol, TransportLike
 
 from .http11 import Limits, ResponseParser
+from .parent import Hop
 
 log = logging.getLogger("proxy.upstream")
 
-PoolKey = tuple[str, int]
-"""``(host, port)`` of an origin."""
+PoolKey = Hop
+"""The first hop a connection goes to: an origin's ``host, port``, or a parent proxy."""
 
 
 class UpstreamOwner(TypingProtocol):
@@ -142,7 +143,8 @@ class Upstream(Protocol):
 
 
 class UpstreamPool:
-    """Idle origin connections by ``(host, port)``, each with an idle timeout."""
+    """Idle origin connections by their hop (``host, port``, or a parent), each with an idle
+    timeout."""
 
     def __init__(self, reactor: Clock, idle_timeout: float, max_per_key: int) -> None:
         self.reactor = reactor

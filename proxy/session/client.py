@@ -54,6 +54,7 @@ from ..http11 import (
     Response,
 )
 from ..http11.framing import persists
+from ..parent import Hop, Route, connect_head
 from ..policy import Forward, LocalReply, OpenTunnel, OwnPage, PolicyStep, Refusal
 from ..replies import error_page, simple_response
 from ..stats import RequestRecord, Stats
@@ -122,6 +123,7 @@ class SessionContext:
     tunnels: TunnelKit
     local: LocalPages
     cache: CacheStep | None = None
+    route: Route = Route()
 
 
 @dataclass(slots=True)
@@ -160,6 +162,7 @@ class ClientSession(StreamProtocol):
         "cache_plan",
         "body_sender",
         "retried",
+        "hop",
         "progress",
         "_quiet_since",
         "_seen_progress",
@@ -187,6 +190,7 @@ class ClientSession(StreamProtocol):
         self.cache_plan: CachePlan | None = None
         self.body_sender: BodySender | None = None
         self.retried = False
+        self.hop: Hop | None = None  # where the connection for the request in hand goes
         self.progress = 0  # bytes moved for the request in hand, for the relay's idle check
         self._quiet_since = 0.0
         self._seen_progress = (-1, -1)
@@ -416,10 +420,11 @@ class ClientSession(StreamProtocol):
     # -- RESOLVING and CONNECTING ----------------------------------------------------------------
 
     def _find_upstream(self, trigger: Trigger) -> None:
-        """Borrow an idle origin connection, or fire *trigger* (towards RESOLVING) and dial."""
+        """Borrow an idle connection to the first hop, or fire *trigger* and dial it."""
         target = self.target
         assert target is not None
-        upstream = self.ctx.pool.acquire((target.host, target.port))
+        hop = self.hop = self.ctx.route.hop_for(target)
+        upstream = self.ctx.pool.acquire(hop)
         if upstream is not None:
             self._fire(T.POOLED_UPSTREAM)
             self._start_exchange(upstream)
@@ -428,31 +433,38 @@ class ClientSession(StreamProtocol):
         self._dial()
 
     def _dial(self) -> None:
-        target = self.target
-        assert target is not None
+        target, request = self.target, self.request
+        assert target is not None and request is not None
         ctx = self.ctx
+        hop = self.hop = ctx.route.hop_for(target)
+        tunnel_head = None
+        if hop.parent is not None and request.method == "CONNECT":
+            host = f"[{target.host}]" if ":" in target.host else target.host
+            tunnel_head = connect_head(
+                f"{host}:{target.port}", hop.parent, ctx.config.via_pseudonym
+            )
         self.dialer = Dialer(ctx.scheduler, ctx.network, ctx.config, self)
-        self.dialer.dial(target.host, target.port)
+        self.dialer.dial(hop.host, hop.port, parent=hop.parent, tunnel_head=tunnel_head)
 
     def dial_resolved(self) -> None:
         """The name resolved (RESOLVING -> CONNECTING)."""
         self._fire(T.RESOLVED)
 
-    def dial_connected(self, attach: Attach) -> None:
-        """The origin accepted: open the tunnel, or forward the request."""
+    def dial_connected(self, attach: Attach, early: bytes) -> None:
+        """The first hop accepted: open the tunnel, or forward the request."""
         self.dialer = None
-        request, target = self.request, self.target
-        assert request is not None and target is not None
+        request, hop = self.request, self.hop
+        assert request is not None and hop is not None
         if request.method == "CONNECT":
             upstream_transport = attach(StreamProtocol())
             self._fire(T.TUNNEL_CONNECTED)
             self.log.status = 200
             self.log.result = "TCP_TUNNEL"
             self.send_to_client(b"HTTP/1.1 200 Connection established\r\n\r\n")
-            self._start_tunnel(upstream_transport, self.parser.take_trailing_data())
+            self._start_tunnel(upstream_transport, self.parser.take_trailing_data(), early)
             return
         ctx = self.ctx
-        upstream = Upstream((target.host, target.port), ctx.limits, ctx.pool)
+        upstream = Upstream(hop, ctx.limits, ctx.pool)
         # Set now, not in connection_made (next tick): the request head is written right away.
         upstream.transport = attach(upstream)
         self._fire(T.CONNECTED)
@@ -479,6 +491,7 @@ class ClientSession(StreamProtocol):
             target,
             via_pseudonym=config.via_pseudonym,
             conditional=plan.conditional if plan is not None else None,
+            parent=self.hop.parent if self.hop is not None else None,
         )
         self.deadline.arm(config.first_byte_timeout, self._first_byte_timed_out)
         self.exchange.start()
@@ -599,10 +612,10 @@ class ClientSession(StreamProtocol):
         self.exchange = None
         self._fire(T.FIRST_BYTE_TIMEOUT)
         timeout = self.ctx.config.first_byte_timeout
+        hop = self.hop
+        who = hop.parent.label if hop is not None and hop.parent is not None else "the origin"
         self.answer_error(
-            504,
-            f"the origin sent no response within {timeout:g} s",
-            close=not self.request_complete,
+            504, f"{who} sent no response within {timeout:g} s", close=not self.request_complete
         )
 
     def _watch_relay(self) -> None:

@@ -6,7 +6,8 @@ An :class:`Exchange` forwards one request over one origin connection and relays 
 streaming both ways, and never holds either body whole:
 
 * **The request out.** The head is rewritten (RFC 9110 section 7.6): origin-form, ``Host`` from
-  the absolute URL (RFC 9112 section 3.2.2), hop-by-hop fields removed, ``Via`` added. Body bytes
+  the absolute URL (RFC 9112 section 3.2.2), hop-by-hop fields removed, ``Via`` added; to a
+  parent proxy the target stays absolute and our ``Proxy-Authorization`` is added. Body bytes
   that came with the head are parsed *before* the head leaves, so a request already known to be
   malformed never reaches the origin. The rest of the body is pulled from the client only while
   the origin takes it: the origin's ``pause_writing`` stops the pulling and pauses the client.
@@ -51,6 +52,7 @@ from ..http11 import (
     serialize_response_head,
 )
 from ..http11.framing import CHUNKED, UNTIL_CLOSE, persists
+from ..parent import ParentProxy
 from ..target import HOP_BY_HOP_AND_HOST, Target, add_via, strip_hop_by_hop
 from ..upstream import Upstream
 from .guard import guarded
@@ -212,6 +214,7 @@ class Exchange:
         "target",
         "conditional",
         "via_pseudonym",
+        "parent",
         "response",
         "done",
         "upstream_paused",
@@ -230,6 +233,7 @@ class Exchange:
         *,
         via_pseudonym: str,
         conditional: Headers | None = None,
+        parent: ParentProxy | None = None,
     ) -> None:
         self.owner = owner
         self.upstream = upstream
@@ -237,6 +241,7 @@ class Exchange:
         self.target = target
         self.conditional = conditional
         self.via_pseudonym = via_pseudonym
+        self.parent = parent
         self.response: Response | None = None
         self.done = False
         self.upstream_paused = False
@@ -268,13 +273,19 @@ class Exchange:
         add_via(headers, request.version, self.via_pseudonym)
         if request.framing == CHUNKED:
             headers.add("Transfer-Encoding", "chunked")
+        # A parent proxy needs the whole URL (absolute form), and our credentials for it.
+        path = target.path
+        if self.parent is not None:
+            path = target.url
+            if self.parent.authorization is not None:
+                headers.add("Proxy-Authorization", self.parent.authorization)
         try:
             early = self._early_body()
         except ProtocolError as exc:
             self._client_sent_garbage(exc)
             return
         self.upstream.parser.expect(request.method)
-        self.upstream.write(serialize_request_head(request.method, target.path, headers) + early)
+        self.upstream.write(serialize_request_head(request.method, path, headers) + early)
         self.pump_request_body()
         if not self.done and (self.upstream.parser.buffered or self.upstream.eof):
             self.upstream_readable()
@@ -387,6 +398,12 @@ class Exchange:
 
     def _response_head(self, response: Response) -> None:
         self.response = response
+        if response.status == 407 and self.parent is not None:
+            # The parent wants credentials for itself: that is our configuration's fault, not
+            # something the client can answer (its Proxy-Authorization is for us).
+            label = self.parent.label
+            self._origin_broke(502, f"{label} asked for credentials it was not given (407)")
+            return
         if response.status == 101 and not switches_as_asked(self.request, response):
             # Otherwise the client's next request, for any host, would reach this origin as
             # raw bytes, and it could answer as that host.
