@@ -238,11 +238,11 @@ class StateMachine:
 
     def __init__(self, *observers: Observer) -> None:
         self.state = INITIAL_STATE
-        self._observers = list(observers)
+        self._observers = observers  # a tuple: one per connection, 10,000 idle tunnels...
 
     def watch(self, observer: Observer) -> None:
         """Call *observer* after every move from now on (tests, notebooks, the trace)."""
-        self._observers.append(observer)
+        self._observers = (*self._observers, observer)
 
     def fire(self, trigger: Trigger) -> SessionState:
         """Make the move *trigger* names from the current state and return the new state."""
