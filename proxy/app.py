@@ -72,7 +72,8 @@ class ProxyServer:
         self.watcher: BlocklistWatcher | None = None
         self._thread: threading.Thread | None = None
         self._grace_timer: TimerHandle | None = None
-        self._shutting_down = False
+        self.shutting_down = False
+        """Whether the proxy is stopping (sessions read it: a plain attribute, no call)."""
         self.stopped = threading.Event()
         self.sessions: set[ClientSession] = set()
         self.own_addresses: set[tuple[str, int]] = set()
@@ -105,7 +106,7 @@ class ProxyServer:
             host=self,
             policy=PolicyStep(
                 config,
-                blocklist=lambda: self.blocklist,
+                blocklist=self,
                 is_own_address=self.is_own_address,
                 own_names=lambda: self.own_names,
                 auth=self.auth,
@@ -134,20 +135,15 @@ class ProxyServer:
 
     # -- what sessions ask of the server (SessionHost) -------------------------------------------
 
-    @property
-    def shutting_down(self) -> bool:
-        """Whether the proxy is stopping."""
-        return self._shutting_down
-
     def session_closed(self, session: object) -> None:
         """A client connection ended: admit a waiting client, or finish stopping."""
         if isinstance(session, ClientSession):
             self.sessions.discard(session)
         server = self.server
         below_cap = len(self.sessions) < self.config.max_conns
-        if server is not None and server.paused and below_cap and not self._shutting_down:
+        if server is not None and server.paused and below_cap and not self.shutting_down:
             server.resume()
-        if self._shutting_down and not self.sessions:
+        if self.shutting_down and not self.sessions:
             self._finish_shutdown()
 
     def is_own_address(self, host: str, port: int) -> bool:
@@ -228,7 +224,7 @@ class ProxyServer:
             self.watcher.reload_now()
 
     def _accept(self, sock: socket.socket, addr: Any) -> None:
-        if self._shutting_down:
+        if self.shutting_down:
             sock.close()
             return
         if not self._client_allowed(addr[0]):
@@ -269,7 +265,7 @@ class ProxyServer:
                 self.reactor.add_signal_handler(getattr(signal, name), action)
 
     def _stop_signalled(self) -> None:
-        if not self._shutting_down:
+        if not self.shutting_down:
             self.shutdown()
             return
         log.warning(
@@ -306,9 +302,9 @@ class ProxyServer:
 
     def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting, let exchanges in flight finish for *grace* seconds, then stop."""
-        if self._shutting_down:
+        if self.shutting_down:
             return
-        self._shutting_down = True
+        self.shutting_down = True
         grace = self.config.shutdown_grace if grace is None else grace
         log.info("shutting down: %d connection(s) open", len(self.sessions))
         if self.server is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable, Set
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from minireactor.resolver import Address
 
@@ -30,6 +30,15 @@ from .blocklist import Blocklist
 from .config import Config
 from .http11 import Headers, ProtocolError, Request, serialize_request_head
 from .target import Target, has_via_loop, parse_target
+
+
+class BlocklistHolder(Protocol):
+    """Whoever holds the current blocklist (the server; it swaps it on every reload)."""
+
+    @property
+    def blocklist(self) -> Blocklist:
+        """The blocklist in force now."""
+        ...
 
 
 class Refusal(NamedTuple):
@@ -84,16 +93,16 @@ class PolicyStep:
         self,
         config: Config,
         *,
-        blocklist: Callable[[], Blocklist],
+        blocklist: BlocklistHolder,
         is_own_address: Callable[[str, int], bool],
         own_names: Callable[[], Set[str]] = frozenset,
         auth: Authenticator | None = None,
     ) -> None:
         self.config = config
         self.auth = auth
-        # A function, not a value: the watcher swaps the blocklist while requests come and go,
+        # A holder, not a value: the watcher swaps the blocklist while requests come and go,
         # and each request is checked against the list current when its head arrived.
-        self._blocklist = blocklist
+        self._blocklists = blocklist
         self._is_own_address = is_own_address
         self._own_names = own_names
 
@@ -130,15 +139,18 @@ class PolicyStep:
             return Refusal(exc.status, exc.message, result="NONE")
         if target.host == RESERVED_HOST or self._is_own_address(target.host, target.port):
             return OwnPage(request)
-        refusal = target_refusal(self.config, self._blocklist(), request, target)
+        refusal = target_refusal(self.config, self._blocklists.blocklist, request, target)
         if refusal is not None:
             return refusal
-        if request.method == "CONNECT":
+        method = request.method
+        if method == "CONNECT":
             return OpenTunnel(target)
-        reply_or_request = max_forwards(request)
-        if isinstance(reply_or_request, LocalReply):
-            return reply_or_request
-        return Forward(reply_or_request, target)
+        if method == "TRACE" or method == "OPTIONS":
+            reply_or_request = max_forwards(request)
+            if isinstance(reply_or_request, LocalReply):
+                return reply_or_request
+            request = reply_or_request
+        return Forward(request, target)
 
     def _own_page(
         self, request: Request, local_host: Callable[[], str | None] | None
@@ -179,7 +191,7 @@ def target_refusal(
     if request.method == "CONNECT" and target.port not in config.connect_ports:
         allowed = ", ".join(str(p) for p in sorted(config.connect_ports))
         return Refusal(403, f"CONNECT to port {target.port} is not allowed (allowed: {allowed})")
-    if not blocklist:
+    if not blocklist.rules:
         return None
     path = None if request.method == "CONNECT" else target.path
     try:

@@ -625,7 +625,7 @@ class FakeWorld:
             host=self.host,
             policy=PolicyStep(
                 config_,
-                blocklist=lambda: self.blocklist,
+                blocklist=self,
                 is_own_address=lambda host, port: (host, port) in own,
                 own_names=lambda: {"127.0.0.1", "localhost"},
             ),

@@ -116,7 +116,7 @@ def test_only_the_state_machine_changes_a_state_and_only_the_session_fires() -> 
             if (
                 isinstance(node, ast.Call)
                 and isinstance(node.func, ast.Attribute)
-                and node.func.attr in ("fire", "_fire")
+                and node.func.attr == "fire"
             ):
                 firers.add(path.relative_to(REPO).as_posix())
     assert assigners == {"proxy/session/states.py"}

@@ -55,7 +55,7 @@ from ..http11 import (
 )
 from ..http11.framing import persists
 from ..parent import Hop, Route, connect_head
-from ..policy import Forward, LocalReply, OpenTunnel, OwnPage, PolicyStep, Refusal
+from ..policy import Forward, LocalReply, OwnPage, PolicyStep, Refusal
 from ..replies import error_page, simple_response
 from ..stats import RequestRecord, Stats
 from ..target import Target
@@ -200,9 +200,6 @@ class ClientSession(StreamProtocol):
         """Where the connection stands."""
         return self.machine.state
 
-    def _fire(self, trigger: Trigger) -> SessionState:
-        return self.machine.fire(trigger)
-
     # -- transport callbacks ---------------------------------------------------------------------
 
     def connection_made(self, transport: TransportLike) -> None:
@@ -251,10 +248,10 @@ class ClientSession(StreamProtocol):
         if self.request is not None and not self.log.logged:
             self.log.result += "_ABORTED"
             self._write_log()
-        if self.state is S.CLOSING:
-            self._fire(T.CLOSED)
-        elif self.state is not S.CLOSED:
-            self._fire(T.CLIENT_GONE)
+        if self.machine.state is S.CLOSING:
+            self.machine.fire(T.CLOSED)
+        elif self.machine.state is not S.CLOSED:
+            self.machine.fire(T.CLIENT_GONE)
         self.ctx.host.session_closed(self)
 
     def pause_writing(self) -> None:
@@ -272,7 +269,7 @@ class ClientSession(StreamProtocol):
             self.body_sender.client_paused(False)
 
     def _client_bytes_arrived(self) -> None:
-        state = self.state
+        state = self.machine.state
         if state is S.IDLE or state is S.READING_HEAD:
             self._read_request()
         elif self.exchange is not None and self.exchange.wants_request_body:
@@ -292,18 +289,18 @@ class ClientSession(StreamProtocol):
                 event = self.parser.next_event()
         except ProtocolError as exc:
             self.deadline.disarm()
-            self._fire(T.BAD_REQUEST)
+            self.machine.fire(T.BAD_REQUEST)
             self.answer_error(exc.status, exc.message, close=True)
             return
         if event is NEED_DATA:
-            if self.state is S.IDLE and self.parser.head_started:
-                self._fire(T.HEAD_STARTED)
+            if self.machine.state is S.IDLE and self.parser.head_started:
+                self.machine.fire(T.HEAD_STARTED)
                 self.deadline.arm(self.ctx.config.head_timeout, self._head_timed_out)
             if self.transport is not None and not self.client_eof:
                 self.transport.resume_reading()
             return
         if isinstance(event, ConnectionClosed):
-            self._fire(T.CLIENT_DONE)
+            self.machine.fire(T.CLIENT_DONE)
             self._close()
             return
         if not isinstance(event, Request):
@@ -318,7 +315,7 @@ class ClientSession(StreamProtocol):
         self.target = None
         self.retried = False
         self.progress = 0
-        self._fire(T.HEAD_RECEIVED)
+        self.machine.fire(T.HEAD_RECEIVED)
         self._check_policy(request)
 
     def _arm_keepalive(self) -> None:
@@ -326,46 +323,47 @@ class ClientSession(StreamProtocol):
 
     @guarded
     def _idle_timed_out(self) -> None:
-        if self.state is S.IDLE:
-            self._fire(T.IDLE_TIMEOUT)
+        if self.machine.state is S.IDLE:
+            self.machine.fire(T.IDLE_TIMEOUT)
             self._close()
 
     @guarded
     def _head_timed_out(self) -> None:
-        if self.state is S.READING_HEAD:
-            self._fire(T.HEAD_TIMEOUT)
+        if self.machine.state is S.READING_HEAD:
+            self.machine.fire(T.HEAD_TIMEOUT)
             self.answer_error(408, "the request head did not arrive in time", close=True)
 
     # -- CHECKING_POLICY -------------------------------------------------------------------------
 
     def _check_policy(self, request: Request) -> None:
         policy = self.ctx.policy
-        who = policy.authenticate(request)
-        if isinstance(who, Refusal):
-            self._refuse(who)
-            return
-        self.log.user = who
+        if policy.auth is not None:
+            who = policy.authenticate(request)
+            if isinstance(who, Refusal):
+                self._refuse(who)
+                return
+            self.log.user = who
         decision = policy.decide(request, self._local_host)
-        if isinstance(decision, Refusal):
+        if isinstance(decision, Forward):  # the usual case first
+            self._forward(decision)
+        elif isinstance(decision, Refusal):
             self._refuse(decision)
         elif isinstance(decision, OwnPage):
-            self._fire(T.LOCAL_PAGE)
+            self.machine.fire(T.LOCAL_PAGE)
             reply = self.ctx.local.reply_for(decision.request, self.log.user)
             if isinstance(reply, Refusal):
                 self.answer_error(reply.status, reply.detail, result=reply.result)
             else:
                 self._answer_reply(reply)
         elif isinstance(decision, LocalReply):
-            self._fire(T.LOCAL_PAGE)
+            self.machine.fire(T.LOCAL_PAGE)
             self._answer_reply(decision)
-        elif isinstance(decision, OpenTunnel):
+        else:  # OpenTunnel
             self.target = decision.target
             assert self.transport is not None
             self.transport.pause_reading()  # nothing the client sends is read before the tunnel
-            self._fire(T.ALLOWED)
+            self.machine.fire(T.ALLOWED)
             self._dial()
-        else:
-            self._forward(decision)
 
     def _local_host(self) -> str | None:
         """The address the client connected to (asked only for the proxy's own pages)."""
@@ -377,14 +375,14 @@ class ClientSession(StreamProtocol):
         target = self.target = decision.target
         cache = self.ctx.cache
         if cache is not None and request.method in ("GET", "HEAD"):
-            self._fire(T.CACHEABLE)
+            self.machine.fire(T.CACHEABLE)
             self.cache_plan = CachePlan(target.url, self)
             self._look_up_cache()
         else:
             self._find_upstream(T.ALLOWED)
 
     def _refuse(self, refusal: Refusal) -> None:
-        self._fire(T.DENIED)
+        self.machine.fire(T.DENIED)
         self.answer_error(
             refusal.status, refusal.detail, result=refusal.result, extra=refusal.extra
         )
@@ -396,12 +394,12 @@ class ClientSession(StreamProtocol):
         assert cache is not None and plan is not None and request is not None
         outcome = cache.look_up(plan, request)
         if isinstance(outcome, Hit):
-            self._fire(T.FRESH_HIT)
+            self.machine.fire(T.FRESH_HIT)
             self._serve_stored(outcome.entry.body, outcome)
         elif isinstance(outcome, Wait):
-            self._fire(T.FETCH_IN_PROGRESS)
+            self.machine.fire(T.FETCH_IN_PROGRESS)
         elif isinstance(outcome, OnlyIfCachedMiss):
-            self._fire(T.ONLY_IF_CACHED_MISS)
+            self.machine.fire(T.ONLY_IF_CACHED_MISS)
             self.log.cache_status = outcome.cache_status
             self.answer_error(504, "only-if-cached: the cache holds no usable response")
         else:
@@ -413,8 +411,8 @@ class ClientSession(StreamProtocol):
     @guarded
     def cache_wait_over(self, expired: bool) -> None:
         """The identical fetch finished, or the wait expired: look the request up again."""
-        if self.state is S.WAITING_FOR_CACHE:
-            self._fire(T.WAIT_EXPIRED if expired else T.FETCH_FINISHED)
+        if self.machine.state is S.WAITING_FOR_CACHE:
+            self.machine.fire(T.WAIT_EXPIRED if expired else T.FETCH_FINISHED)
             self._look_up_cache()
 
     # -- RESOLVING and CONNECTING ----------------------------------------------------------------
@@ -426,10 +424,10 @@ class ClientSession(StreamProtocol):
         hop = self.hop = self.ctx.route.hop_for(target)
         upstream = self.ctx.pool.acquire(hop)
         if upstream is not None:
-            self._fire(T.POOLED_UPSTREAM)
+            self.machine.fire(T.POOLED_UPSTREAM)
             self._start_exchange(upstream)
             return
-        self._fire(trigger)
+        self.machine.fire(trigger)
         self._dial()
 
     def _dial(self) -> None:
@@ -448,7 +446,7 @@ class ClientSession(StreamProtocol):
 
     def dial_resolved(self) -> None:
         """The name resolved (RESOLVING -> CONNECTING)."""
-        self._fire(T.RESOLVED)
+        self.machine.fire(T.RESOLVED)
 
     def dial_connected(self, attach: Attach, early: bytes) -> None:
         """The first hop accepted: open the tunnel, or forward the request."""
@@ -457,7 +455,7 @@ class ClientSession(StreamProtocol):
         assert request is not None and hop is not None
         if request.method == "CONNECT":
             upstream_transport = attach(StreamProtocol())
-            self._fire(T.TUNNEL_CONNECTED)
+            self.machine.fire(T.TUNNEL_CONNECTED)
             self.log.status = 200
             self.log.result = "TCP_TUNNEL"
             self.send_to_client(b"HTTP/1.1 200 Connection established\r\n\r\n")
@@ -467,13 +465,13 @@ class ClientSession(StreamProtocol):
         upstream = Upstream(hop, ctx.limits, ctx.pool)
         # Set now, not in connection_made (next tick): the request head is written right away.
         upstream.transport = attach(upstream)
-        self._fire(T.CONNECTED)
+        self.machine.fire(T.CONNECTED)
         self._start_exchange(upstream)
 
     def dial_failed(self, failure: DialFailure) -> None:
         """The origin cannot be reached: say why."""
         self.dialer = None
-        self._fire(_DIAL_TRIGGERS[failure.error])
+        self.machine.fire(_DIAL_TRIGGERS[failure.error])
         self.answer_error(failure.status, failure.detail, result=failure.result)
 
     # -- FORWARDING and RELAYING_RESPONSE (the Exchange's reports) -------------------------------
@@ -484,8 +482,10 @@ class ClientSession(StreamProtocol):
         if plan is not None and self.ctx.cache is not None:
             plan.request_time = self.ctx.cache.clock()
         config = self.ctx.config
+        assert self.transport is not None
         self.exchange = Exchange(
             self,
+            self.transport,
             upstream,
             request,
             target,
@@ -501,7 +501,7 @@ class ClientSession(StreamProtocol):
         event = self.parser.next_event()
         if isinstance(event, Data):
             self.progress += len(event.data)
-            if self.state is S.FORWARDING:
+            if self.machine.state is S.FORWARDING:
                 # An upload in progress is not an origin that fails to answer.
                 self.deadline.arm(self.ctx.config.first_byte_timeout, self._first_byte_timed_out)
             return event
@@ -519,16 +519,6 @@ class ClientSession(StreamProtocol):
         if self.transport is not None:
             self.transport.pause_reading()
 
-    def cork_client(self) -> None:
-        """Hold client writes to send them together."""
-        if self.transport is not None:
-            self.transport.cork()
-
-    def uncork_client(self) -> None:
-        """Send the held client writes."""
-        if self.transport is not None:
-            self.transport.uncork()
-
     def response_head(self, response: Response) -> RelayPlan | None:
         """The origin's final head arrived: relay it, or serve the stored response it refreshed."""
         request, target = self.request, self.target
@@ -541,7 +531,7 @@ class ClientSession(StreamProtocol):
                 self.cache_plan, request, target, response, cache_status
             )
             if isinstance(outcome, Refreshed):
-                self._fire(T.NOT_MODIFIED)
+                self.machine.fire(T.NOT_MODIFIED)
                 self.deadline.disarm()
                 exchange, self.exchange = self.exchange, None
                 assert exchange is not None
@@ -551,7 +541,7 @@ class ClientSession(StreamProtocol):
             if outcome.result is not None:
                 self.log.result = outcome.result
             plan = RelayPlan(outcome.writer, outcome.cache_status)
-        self._fire(T.RESPONSE_HEAD)
+        self.machine.fire(T.RESPONSE_HEAD)
         self.log.status = response.status
         if self.log.result == "NONE":
             self.log.result = "TCP_MISS"
@@ -566,25 +556,25 @@ class ClientSession(StreamProtocol):
     def origin_failed(self, failure: OriginFailure) -> None:
         """The origin broke: retry, answer with an error page, or reset a relay under way."""
         self.exchange = None
-        if self.state is S.FORWARDING:
+        if self.machine.state is S.FORWARDING:
             if failure.retryable and not self.retried:
                 # A reused connection the origin had closed just as we sent: dial a new one, once.
                 self.retried = True
                 self.deadline.disarm()
-                self._fire(T.RETRY)
+                self.machine.fire(T.RETRY)
                 self._dial()
                 return
-            self._fire(T.UPSTREAM_FAILED)
+            self.machine.fire(T.UPSTREAM_FAILED)
             self.answer_error(failure.status, failure.detail, close=not self.request_complete)
             return
-        self._fire(T.UPSTREAM_FAILED)
+        self.machine.fire(T.UPSTREAM_FAILED)
         self._reset_midway("origin closed mid-response")
 
     def client_sent_garbage(self, error: ProtocolError) -> None:
         """The request body was malformed: nothing more of it reaches the origin."""
         self.exchange = None
-        self._fire(T.BAD_REQUEST)
-        if self.state is S.ANSWERING:
+        self.machine.fire(T.BAD_REQUEST)
+        if self.machine.state is S.ANSWERING:
             self.answer_error(error.status, error.message, close=True)
         else:
             self._reset_midway("malformed request body")
@@ -592,7 +582,7 @@ class ClientSession(StreamProtocol):
     def upgraded(self, upstream: TransportLike, early_down: bytes) -> None:
         """The origin switched protocols: the connection becomes a tunnel."""
         self.exchange = None
-        self._fire(T.UPGRADED)
+        self.machine.fire(T.UPGRADED)
         self.log.result = "TCP_UPGRADE"
         self._start_tunnel(upstream, self.parser.take_trailing_data(), early_down)
 
@@ -606,11 +596,11 @@ class ClientSession(StreamProtocol):
 
     @guarded
     def _first_byte_timed_out(self) -> None:
-        if self.state is not S.FORWARDING or self.exchange is None:
+        if self.machine.state is not S.FORWARDING or self.exchange is None:
             return
         self.exchange.abandon()
         self.exchange = None
-        self._fire(T.FIRST_BYTE_TIMEOUT)
+        self.machine.fire(T.FIRST_BYTE_TIMEOUT)
         timeout = self.ctx.config.first_byte_timeout
         hop = self.hop
         who = hop.parent.label if hop is not None and hop.parent is not None else "the origin"
@@ -629,7 +619,7 @@ class ClientSession(StreamProtocol):
 
     @guarded
     def _check_relay(self) -> None:
-        if self.state is not S.RELAYING_RESPONSE or self.exchange is None:
+        if self.machine.state is not S.RELAYING_RESPONSE or self.exchange is None:
             return
         transport = self.transport
         progress = (self.progress, transport.get_write_buffer_size() if transport else 0)
@@ -641,7 +631,7 @@ class ClientSession(StreamProtocol):
         elif now - self._quiet_since >= idle_timeout:
             self.exchange.abandon()
             self.exchange = None
-            self._fire(T.RELAY_STALLED)
+            self.machine.fire(T.RELAY_STALLED)
             self._reset_midway("the response stopped moving for the idle timeout")
             return
         left = self._quiet_since + idle_timeout - now
@@ -683,7 +673,7 @@ class ClientSession(StreamProtocol):
         stats.bytes_from_clients += tunnel.bytes_up
         self.tunnel = None
         self._write_log()
-        self._fire(T.TUNNEL_CLOSED if self.state is S.TUNNEL_OPEN else T.CLOSED)
+        self.machine.fire(T.TUNNEL_CLOSED if self.machine.state is S.TUNNEL_OPEN else T.CLOSED)
         self.ctx.host.session_closed(self)
 
     # -- SERVING_FROM_CACHE ----------------------------------------------------------------------
@@ -827,7 +817,7 @@ class ClientSession(StreamProtocol):
         """Log the request, then wait for the next one (keep-alive) or close."""
         self._write_log()
         if reusable:
-            self._fire(T.RESPONSE_DONE)
+            self.machine.fire(T.RESPONSE_DONE)
             self.request = None
             self._arm_keepalive()
             assert self.transport is not None
@@ -835,12 +825,12 @@ class ClientSession(StreamProtocol):
             if self.parser.buffered:
                 self.ctx.scheduler.call_soon(self._continue_pipeline)
         else:
-            self._fire(T.RESPONSE_DONE_CLOSE)
+            self.machine.fire(T.RESPONSE_DONE_CLOSE)
             self._close()
 
     @guarded
     def _continue_pipeline(self) -> None:
-        if self.state is S.IDLE:
+        if self.machine.state is S.IDLE:
             self._read_request()
 
     def _write_log(self) -> None:
@@ -890,8 +880,8 @@ class ClientSession(StreamProtocol):
 
     def shutdown(self) -> None:
         """The proxy is stopping: close now if idle; a request in hand finishes, then closes."""
-        if self.state is S.IDLE and not self.parser.buffered:
-            self._fire(T.SHUTDOWN)
+        if self.machine.state is S.IDLE and not self.parser.buffered:
+            self.machine.fire(T.SHUTDOWN)
             self._close()
 
     def abort(self) -> None:
@@ -911,15 +901,15 @@ class ClientSession(StreamProtocol):
             self.exchange.abandon()
             self.exchange = None
         self.body_sender = None
-        state = self.state
+        state = self.machine.state
         if state is S.CLOSED or state is S.CLOSING:
             return
-        self._fire(T.INTERNAL_ERROR)
+        self.machine.fire(T.INTERNAL_ERROR)
         if state is S.TUNNEL_OPEN:
             if self.tunnel is not None:
                 self.tunnel.abort()  # its report of the close ends the session
             else:
-                self._fire(T.CLOSED)  # the bug came with that report: end here
+                self.machine.fire(T.CLOSED)  # the bug came with that report: end here
                 self.ctx.host.session_closed(self)
             return
         transport = self.transport

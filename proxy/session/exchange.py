@@ -102,14 +102,6 @@ class ExchangeOwner(Protocol):
         """Write response bytes to the client."""
         ...
 
-    def cork_client(self) -> None:
-        """Hold client writes until :meth:`uncork_client`, to send them together."""
-        ...
-
-    def uncork_client(self) -> None:
-        """Send the held client writes."""
-        ...
-
     def client_keeps_alive(self) -> bool:
         """Whether the client connection may carry another request after this one."""
         ...
@@ -209,6 +201,7 @@ class Exchange:
 
     __slots__ = (
         "owner",
+        "client",
         "upstream",
         "request",
         "target",
@@ -227,6 +220,7 @@ class Exchange:
     def __init__(
         self,
         owner: ExchangeOwner,
+        client: TransportLike,
         upstream: Upstream,
         request: Request,
         target: Target,
@@ -236,6 +230,7 @@ class Exchange:
         parent: ParentProxy | None = None,
     ) -> None:
         self.owner = owner
+        self.client = client  # corked while a read's events are relayed; written through owner
         self.upstream = upstream
         self.request = request
         self.target = target
@@ -358,12 +353,12 @@ class Exchange:
     @guarded
     def upstream_readable(self) -> None:
         """Relay every response event the origin's bytes complete, the client corked."""
-        owner = self.owner
-        owner.cork_client()
+        client = self.client
+        client.cork()
         try:
             self._relay_events()
         finally:
-            owner.uncork_client()
+            client.uncork()
 
     def _relay_events(self) -> None:
         parser = self.upstream.parser
