@@ -112,7 +112,7 @@ class Tunnel:
         "_closing",
         "_closed",
         "_seen",
-        "_quiet_since",
+        "_quiet_sweeps",
     )
 
     def __init__(
@@ -136,7 +136,7 @@ class Tunnel:
         self._closing = False
         self._closed = False
         self._seen = -1
-        self._quiet_since = 0.0
+        self._quiet_sweeps = 0  # a small int, not a timestamp: no float per idle tunnel
         sweep.add(self)
 
     def start(self, early_up: bytes, early_down: bytes = b"") -> None:
@@ -164,21 +164,23 @@ class Tunnel:
         """Bytes relayed from the origin to the client."""
         return self.upstream_end.received
 
-    def idle_check(self, now: float, idle_timeout: float) -> None:
-        """Called by the sweep: close once no byte has moved for *idle_timeout* seconds.
+    def idle_check(self, quiet_limit: int) -> None:
+        """Called by the sweep: close once no byte moved for *quiet_limit* sweeps in a row.
 
-        A tunnel still open *idle_timeout* after that close is stuck flushing to a peer that
-        reads nothing: it is aborted.
+        A tunnel still open *quiet_limit* sweeps after that close is stuck flushing to a peer
+        that reads nothing: it is aborted.
         """
         moved = self.client_end.received + self.upstream_end.received
         if moved != self._seen:
             self._seen = moved
-            self._quiet_since = now
-        elif now - self._quiet_since >= idle_timeout:
+            self._quiet_sweeps = 0
+            return
+        self._quiet_sweeps += 1
+        if self._quiet_sweeps >= quiet_limit:
             if self._closing:
                 self.abort()
             else:
-                self._quiet_since = now  # the flush gets one more period
+                self._quiet_sweeps = 0  # the flush gets one more period
                 self.close()
 
     def side_lost(self, end: TunnelEnd, exc: BaseException | None) -> None:
@@ -235,10 +237,11 @@ class IdleSweep:
     """Close tunnels that moved no byte for ``idle_timeout``: one timer for all of them.
 
     The sweep runs every quarter of ``idle_timeout``; each tunnel compares its byte counter
-    with the value seen at the previous sweep and remembers when it last changed. A tunnel
-    idle since time *t* is therefore closed between ``t + idle_timeout`` and
-    ``t + 1.25 * idle_timeout``, for the price of four quick checks per period (a check is
-    one addition and one comparison). The timer runs only while some tunnel is open.
+    with the value seen at the previous sweep and counts the sweeps in a row that saw no
+    change. A tunnel idle since time *t* is therefore closed after four quiet sweeps, between
+    ``t + idle_timeout`` and ``t + 1.25 * idle_timeout``, for the price of four quick checks
+    per period (a check is one addition and one comparison). The timer runs only while some
+    tunnel is open.
     """
 
     SWEEPS_PER_TIMEOUT = 4
@@ -254,7 +257,8 @@ class IdleSweep:
 
     def add(self, tunnel: Tunnel) -> None:
         """Watch *tunnel* until :meth:`discard`."""
-        tunnel.idle_check(self.reactor.time(), self.idle_timeout)  # its quiet time starts now
+        # Its first sweep sees a change (nothing was seen yet) and starts the count, so a
+        # tunnel added just before a sweep is not cut a quarter period early.
         self._tunnels.add(tunnel)
         if self._timer is None:
             self._schedule()
@@ -272,10 +276,9 @@ class IdleSweep:
 
     def _sweep(self) -> None:
         self._timer = None
-        now = self.reactor.time()
         # A closed tunnel stays watched until both sides are lost (a close may need a flush),
         # and closing changes the set: iterate over a copy.
         for tunnel in list(self._tunnels):
-            tunnel.idle_check(now, self.idle_timeout)
+            tunnel.idle_check(self.SWEEPS_PER_TIMEOUT)
         if self._tunnels and self._timer is None:
             self._schedule()

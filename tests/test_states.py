@@ -90,7 +90,7 @@ def test_a_move_the_table_lacks_raises_and_changes_nothing(
 
 def test_observers_hear_every_move_in_order() -> None:
     heard: list[tuple[SessionState, Trigger, SessionState]] = []
-    machine = StateMachine(lambda *move: heard.append(move))
+    machine = StateMachine((lambda *move: heard.append(move),))
     machine.fire(T.HEAD_STARTED)
     machine.fire(T.HEAD_TIMEOUT)
     assert heard == [
@@ -764,6 +764,19 @@ def test_an_idle_timeout_cuts_between_one_and_a_quarter_more_periods(kind: str) 
     while client.state is waiting and world.clock.now - started < 100:
         world.clock.advance(0.25)
     assert 20.0 <= world.clock.now - started <= 25.25
+
+
+def test_a_tunnel_opened_just_before_a_sweep_still_gets_its_whole_idle_timeout() -> None:
+    world = FakeWorld(idle_timeout=20.0)
+    connect = "CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+    world.client().send(connect)  # starts the sweep's timer: every 5 s from now
+    world.clock.advance(4.99)
+    late = world.client()
+    late.send(connect)
+    started = world.clock.now
+    while late.state is S.TUNNEL_OPEN and world.clock.now - started < 100:
+        world.clock.advance(0.05)
+    assert 20.0 <= world.clock.now - started <= 25.05
 
 
 @story

@@ -77,7 +77,7 @@ from .dialer import Dialer, DialError, DialFailure
 from .exchange import Exchange, OriginFailure, RelayPlan
 from .guard import guarded
 from .local import LocalPages
-from .states import SessionState, StateMachine, Trigger
+from .states import Observer, SessionState, StateMachine, Trigger
 
 log = logging.getLogger("proxy.session")
 S = SessionState
@@ -124,6 +124,12 @@ class SessionContext:
     local: LocalPages
     cache: CacheStep | None = None
     route: Route = Route()
+    observers: tuple[Observer, ...] = ()
+    """Told every move of every session (built once: the live counters' ``moved``)."""
+
+    def __post_init__(self) -> None:
+        if not self.observers:
+            object.__setattr__(self, "observers", (self.stats.moved,))
 
 
 @dataclass(slots=True)
@@ -171,7 +177,7 @@ class ClientSession(StreamProtocol):
     def __init__(self, ctx: SessionContext) -> None:
         self.ctx = ctx
         ctx.stats.opened()
-        self.machine = StateMachine(ctx.stats.moved)
+        self.machine = StateMachine(ctx.observers)
         self.parser = RequestParser(ctx.limits)
         self.transport: TransportLike | None = None
         self.client = "-"
@@ -654,6 +660,7 @@ class ClientSession(StreamProtocol):
         # becomes what the access-log line needs: the method and version interned, the URL as
         # it will be logged (so the parsed target can go too), and a shared empty header list.
         self.parser = SPENT_PARSER
+        self.hop = None
         self.deadline.close()  # the tunnel's idle sweep takes over: no heap entry left behind
         request = self.request
         if request is None:
