@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import dataclasses
 import io
+import re
 import threading
 import tomllib
 from pathlib import Path
@@ -388,3 +389,11 @@ def test_argparse_namespace_of_defaults_has_every_config_field():
     namespace = ConfigSource.from_argv(build_parser, config_from_args, []).namespace()
     assert isinstance(namespace, argparse.Namespace)
     assert config_from_args(namespace) == Config()
+
+
+def test_the_operator_guide_lists_exactly_the_restart_settings():
+    guide = (Path(__file__).resolve().parent.parent / "docs/howto/operator.md").read_text()
+    paragraph = guide.split("These need a restart", 1)[1].split("The proxy logs", 1)[0]
+    listed = set(re.findall(r"`([a-z-]+)`", paragraph))
+    keys = set(settable_actions(build_parser()))
+    assert listed == {setting_key(name) for name in RESTART_SETTINGS} & keys
