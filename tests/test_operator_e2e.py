@@ -253,7 +253,7 @@ def test_sighup_reloads_the_config_file_and_survives_a_bad_one(origin, tmp_path)
         child.proc.send_signal(signal.SIGHUP)
         line = child.wait_for("config reloaded", timeout=10)
         assert "changed keepalive-timeout; needs a restart to change: port" in line
-        config.write_text("keepalive-timeout = soon\n")
+        config.write_text('keepalive-timeout = "soon"\n')
         child.proc.send_signal(signal.SIGHUP)
         line = child.wait_for("config not reloaded", timeout=10)
         assert f"{config}:1: keepalive-timeout: not a number of seconds: 'soon'" in line
