@@ -309,8 +309,12 @@ class ConfigReloader:
         ).start()
 
     def _read(self, current: Config) -> None:
-        # On the helper thread: read and validate, touch nothing of the proxy's.
-        result = self._source.reload(current)
+        # On the helper thread: read and validate, touch nothing of the proxy's. Whatever goes
+        # wrong must come back as a report, or _running would stay set and block every reload.
+        try:
+            result = self._source.reload(current)
+        except Exception as exc:  # noqa: BLE001 - a converter's surprise is still a report
+            result = Reload(current, (), (), f"{self._source.path}: {exc!r}")
         self._scheduler.call_soon_threadsafe(self._done, result)
 
     def _done(self, result: Reload) -> None:

@@ -397,3 +397,20 @@ def test_the_operator_guide_lists_exactly_the_restart_settings():
     listed = set(re.findall(r"`([a-z-]+)`", paragraph))
     keys = set(settable_actions(build_parser()))
     assert listed == {setting_key(name) for name in RESTART_SETTINGS} & keys
+
+
+def test_the_reloader_reports_a_surprise_and_keeps_working(tmp_path, reactor: Reactor):
+    src = source(tmp_path, "idle-timeout = 10\n")
+    running = src.load()
+    results: list[Reload] = []
+
+    def explode(_config: Config) -> Reload:
+        raise RuntimeError("converter bug")
+
+    broken = ConfigReloader(src, reactor, lambda: running, results.append)
+    object.__setattr__(src, "reload", explode)  # the frozen source, patched for this test
+    reactor.call_soon(broken.request)
+    assert reactor.run_until(lambda: len(results) == 1, timeout=20)
+    assert results[0].config is running and "converter bug" in (results[0].error or "")
+    reactor.call_soon(broken.request)  # not stuck "running"
+    assert reactor.run_until(lambda: len(results) == 2, timeout=20)
