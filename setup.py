@@ -22,6 +22,7 @@ setup(
             "ruff>=0.6",
             "mypy>=1.10",
             "docutils>=0.18",  # the docstring tests parse reST the way Sphinx will
+            "prometheus-client>=0.17",  # its parser reads /metrics back in the tests
         ],
         "docs": ["sphinx>=7", "myst-nb>=1.1", "matplotlib>=3.8"],
         "notebooks": ["nbmake>=1.5", "ipykernel", "matplotlib>=3.8", "trustme>=1.1"],

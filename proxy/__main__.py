@@ -3,15 +3,19 @@
 Theory of operation
 -------------------
 The parser is built by :func:`build_parser` so the docs can render it (the reference page is
-generated from it and cannot drift). :func:`main` turns flags into a :class:`~proxy.config.Config`,
-starts a :class:`~proxy.app.ProxyServer` and runs it until Ctrl-C or SIGTERM. Mistakes in the
-flags end with argparse's one-line message and exit status 2; a port already in use ends with
-one line and status 1, never a traceback.
+generated from it and cannot drift). :func:`main` merges the defaults, the ``--config`` file and
+the flags typed (in that order of precedence, see :mod:`proxy.configfile`) into a
+:class:`~proxy.config.Config`, starts a :class:`~proxy.app.ProxyServer` and runs it until Ctrl-C
+or SIGTERM. Every value is checked by the converter of its flag, whether it came from the
+command line or the file. Mistakes end with one line and exit status 2 (argparse's for a flag,
+``FILE:LINE: key: ...`` for the file); a port already in use ends with one line and status 1,
+never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
@@ -19,7 +23,9 @@ import sys
 from typing import TYPE_CHECKING
 
 from . import __version__
+from .accesslog import FORMATS
 from .config import Config, MiB
+from .configfile import ConfigFileError, ConfigSource, dump
 
 if TYPE_CHECKING:
     from .app import ProxyServer
@@ -34,6 +40,53 @@ def _size(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64M or 512k)") from None
+
+
+def _size_text(size: int) -> str:
+    """*size* as :func:`_size` reads it back: ``64M`` when it is a whole number of a unit."""
+    for suffix, unit in (("G", 1024 * MiB), ("M", MiB), ("k", 1024)):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port < 65536:
+        raise argparse.ArgumentTypeError(f"ports are 0-65535 (0: the kernel chooses): {text!r}")
+    return port
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
+def _access_log(text: str) -> str:
+    if text in ("-", "stderr", "none"):
+        return text
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give a file, -, stderr or none")
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"no such directory for {text!r}: {folder}")
+    return text
+
+
+def _network(text: str) -> str:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an address or network: {text!r}") from None
+    return text.strip()
 
 
 def _ports(text: str) -> frozenset[int]:
@@ -89,27 +142,56 @@ def _auth_file(path: str) -> str:
     return path
 
 
+EPILOG = """\
+Point a client at it: curl -x http://127.0.0.1:4095 http://example.com/
+
+Config file: TOML whose keys are the long flag names; flags typed here override it.
+  python -m proxy --config /etc/proxy/proxy.toml
+      port = 3128
+      host = "0.0.0.0"
+      allow = ["10.0.0.0/8", "192.168.0.0/16"]
+      connect-ports = [443, 8443]
+      no-cache = true
+      access-log = "/var/log/proxy/access.log"
+  python -m proxy --config FILE --print-config   shows the merged settings as TOML
+  A commented example with every key: docs/proxy.example.toml
+Signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the blocklist and the config file,
+SIGUSR1 reopens the access log (after logrotate renamed it).
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m proxy`` argument parser."""
     defaults = Config()
     parser = argparse.ArgumentParser(
         prog="python -m proxy",
         description="A forward HTTP/HTTPS proxy on a single-threaded reactor.",
-        epilog="Point a client at it: curl -x http://127.0.0.1:4095 http://example.com/",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read settings from this TOML file (keys: the long flag names); flags override it",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective settings (defaults, file, flags) as TOML and exit",
+    )
     net = parser.add_argument_group("listening")
     net.add_argument("--host", default=defaults.host, help="address to listen on (%(default)s)")
-    net.add_argument("--port", type=int, default=defaults.port, help="TCP port (%(default)s)")
+    net.add_argument("--port", type=_port, default=defaults.port, help="TCP port (%(default)s)")
     net.add_argument(
         "--workers",
-        type=int,
+        type=_at_least_one,
         default=defaults.workers,
         help="reactor processes sharing the port with SO_REUSEPORT (%(default)s)",
     )
     net.add_argument(
         "--max-conns",
-        type=int,
+        type=_at_least_one,
         default=defaults.max_conns,
         help="concurrent client connections; more wait in the backlog (%(default)s)",
     )
@@ -132,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     pol.add_argument(
         "--allow",
         action="append",
+        type=_network,
         default=[],
         metavar="CIDR",
         help="client network allowed to use the proxy (repeatable; default: any)",
@@ -215,6 +298,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="console log level (%(default)s)",
     )
     out.add_argument("--trace", action="store_true", help="log the reactor's ticks and callbacks")
+    out.add_argument(
+        "--access-log",
+        type=_access_log,
+        default=defaults.access_log,
+        metavar="DEST",
+        help="a line per request to this file, - (stdout), stderr or none (%(default)s); "
+        "SIGUSR1 reopens the file",
+    )
+    out.add_argument(
+        "--access-log-format",
+        choices=sorted(FORMATS),
+        default=defaults.access_log_format,
+        help="squid (native), combined (Apache) or json (%(default)s)",
+    )
     return parser
 
 
@@ -246,13 +343,24 @@ def config_from_args(args: argparse.Namespace) -> Config:
         shutdown_grace=args.shutdown_grace,
         log_level=args.log_level,
         trace=args.trace,
+        access_log=args.access_log,
+        access_log_format=args.access_log_format,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the proxy until interrupted; return the exit status."""
+    source = ConfigSource.from_argv(build_parser, config_from_args, argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = source.namespace()
+    except ConfigFileError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    if args.print_config:
+        origin = "defaults, then " + (f"{source.path}, then " if source.path else "") + "flags"
+        sizes = {"cache_size": _size_text, "cache_max_object": _size_text}
+        sys.stdout.write(dump(args, parser, origin, sizes))
+        return 0
     config = config_from_args(args)
     level = "DEBUG" if config.trace else config.log_level
     logging.basicConfig(
@@ -263,8 +371,6 @@ def main(argv: list[str] | None = None) -> int:
             "listening on %s with no --allow: anyone who can reach this machine may use the proxy",
             config.host,
         )
-    if config.workers < 1:
-        parser.error("--workers must be at least 1")
     if config.workers > 1:
         if config.port == 0:
             parser.error("--workers needs a fixed --port: each worker binds it with SO_REUSEPORT")
@@ -340,14 +446,16 @@ def _run_workers(config: Config) -> int:
         children.append(pid)
     os.close(lifeline)
 
+    relayed = {signal.SIGHUP, signal.SIGUSR1}  # reload, reopen: each worker does its own
+
     def forward(signum: int, _frame: object) -> None:
         for pid in children:
             try:
-                os.kill(pid, signal.SIGHUP if signum == signal.SIGHUP else signal.SIGTERM)
+                os.kill(pid, signum if signum in relayed else signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+    for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
         signal.signal(getattr(signal, name), forward)
     status = 0
     for pid in children:

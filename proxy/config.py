@@ -6,6 +6,13 @@ The command line (:mod:`proxy.__main__`), the tests and the notebooks all build 
 :class:`Config`; nothing else reads flags or the environment. Keeping defaults here, each with the
 reason it was chosen, makes the reference table in the docs a rendering of this file rather than
 a second copy that can drift.
+
+A running proxy can take some settings from a reloaded config file (SIGHUP, see
+:mod:`proxy.configfile`) and not others: :data:`LIVE_SETTINGS` are read afresh for each new
+request, connection or log line, so a new value simply applies from the next one;
+:data:`RESTART_SETTINGS` shaped something built once at start-up (the listening socket, the
+worker processes, the cache's memory, the blocklist watcher) and change only with a restart.
+Every field is in exactly one of the two sets (a test checks it).
 """
 
 from __future__ import annotations
@@ -91,7 +98,65 @@ class Config:
     """Print the reactor's trace events (ticks, fd events, callbacks) to the log."""
     log_level: str = "INFO"
     """Logging level for the console."""
+    access_log: str = "stderr"
+    """Where each finished request is logged: a file, ``-`` (stdout), ``stderr`` or ``none``."""
+    access_log_format: str = "squid"
+    """Access-log line format: ``squid`` (native), ``combined`` (Apache) or ``json``."""
 
     def replace(self, **changes: object) -> Config:
         """Return a copy with *changes* applied."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+LIVE_SETTINGS: frozenset[str] = frozenset(
+    {
+        # Policy: checked per request against the Config of the moment.
+        "connect_ports",
+        "allow",
+        "deny_private",
+        "auth_file",
+        # Timeouts: each deadline is armed with the value current when it starts.
+        "head_timeout",
+        "keepalive_timeout",
+        "connect_timeout",
+        "first_byte_timeout",
+        "idle_timeout",
+        "upstream_idle_timeout",
+        "shutdown_grace",
+        "collapse_wait",
+        # Output: the log level, the reactor trace and the access log can be swapped in place.
+        "log_level",
+        "trace",
+        "access_log",
+        "access_log_format",
+    }
+)
+"""Fields a config reload applies to the running proxy, from the next request on."""
+
+RESTART_SETTINGS: frozenset[str] = frozenset(
+    {
+        "host",  # the listening socket is bound once
+        "port",
+        "workers",  # the processes are forked once
+        "max_conns",
+        "splice",  # the pipe pool is made once
+        "blacklist",  # the watcher watches one path
+        "watch_blacklist",
+        "cache_enabled",  # the cache's store is sized and allocated once
+        "cache_size",
+        "cache_max_object",
+        "max_request_line",  # the parser limits go into every session's shared context
+        "max_header_bytes",
+        "max_header_fields",
+        "max_idle_upstreams_per_host",
+        "via_pseudonym",  # loop detection must not change under requests in flight
+    }
+)
+"""Fields that only change with a restart; a reload reports them and keeps the old values."""
+
+
+def changed_settings(old: Config, new: Config) -> tuple[str, ...]:
+    """Names of the fields whose values differ between *old* and *new*, in declaration order."""
+    return tuple(
+        f.name for f in dataclasses.fields(Config) if getattr(old, f.name) != getattr(new, f.name)
+    )
