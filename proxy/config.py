@@ -115,6 +115,10 @@ LIVE_SETTINGS: frozenset[str] = frozenset(
         "allow",
         "deny_private",
         "auth_file",
+        "admin_users",
+        # Routing: each request picks its first hop from the Config of the moment.
+        "parent",
+        "parent_bypass",
         # Timeouts: each deadline is armed with the value current when it starts.
         "head_timeout",
         "keepalive_timeout",

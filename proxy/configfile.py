@@ -242,9 +242,16 @@ class ConfigSource:
 
 def setting_key(field_name: str) -> str:
     """The config-file key that sets :class:`~proxy.config.Config` field *field_name*."""
-    return {"cache_enabled": "no-cache", "splice": "no-splice"}.get(
-        field_name, field_name.replace("_", "-")
-    )
+    return _KEYS_NAMED_APART.get(field_name, field_name.replace("_", "-"))
+
+
+# Fields whose flag is not their name with dashes (a negation, or a shorter word).
+_KEYS_NAMED_APART = {
+    "cache_enabled": "no-cache",
+    "splice": "no-splice",
+    "admin_users": "admin-user",
+    "via_pseudonym": "via-name",
+}
 
 
 @dataclass(frozen=True)
