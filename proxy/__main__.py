@@ -19,7 +19,15 @@ import sys
 from typing import TYPE_CHECKING
 
 from . import __version__
-from .config import Config, MiB
+from .config import (
+    FDS_PER_CONNECTION,
+    RESERVED_FDS,
+    SPLICE_PIPE_FDS,
+    Config,
+    MiB,
+    default_max_conns,
+    raise_fd_limit,
+)
 
 if TYPE_CHECKING:
     from .app import ProxyServer
@@ -77,6 +85,16 @@ def _bypass_list(text: str) -> list[str]:
     return entries
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def _auth_file(path: str) -> str:
     from .auth import AuthFileError, load
 
@@ -92,6 +110,7 @@ def _auth_file(path: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m proxy`` argument parser."""
     defaults = Config()
+    reserved = RESERVED_FDS + SPLICE_PIPE_FDS
     parser = argparse.ArgumentParser(
         prog="python -m proxy",
         description="A forward HTTP/HTTPS proxy on a single-threaded reactor.",
@@ -109,9 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     net.add_argument(
         "--max-conns",
-        type=int,
-        default=defaults.max_conns,
-        help="concurrent client connections; more wait in the backlog (%(default)s)",
+        type=_count,
+        default=None,
+        metavar="N",
+        help="concurrent client connections per process; more wait in the backlog "
+        f"(default: derived from the descriptor limit, (RLIMIT_NOFILE - {reserved}) // "
+        f"{FDS_PER_CONNECTION}, after raising the soft limit to the hard one: each client "
+        f"may need an origin socket, {reserved} stay for the process and its splice pipes)",
     )
     parser.add_argument(
         "--no-splice",
@@ -224,7 +247,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         host=args.host,
         port=args.port,
         blacklist=args.blacklist,
-        max_conns=args.max_conns,
+        max_conns=args.max_conns if args.max_conns is not None else default_max_conns(),
         workers=args.workers,
         splice=not args.no_splice,
         connect_ports=args.connect_ports,
@@ -253,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the proxy until interrupted; return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    raise_fd_limit()  # before the --max-conns default is derived from it
     config = config_from_args(args)
     level = "DEBUG" if config.trace else config.log_level
     logging.basicConfig(
