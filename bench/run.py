@@ -18,7 +18,9 @@ An origin that is not the bottleneck (nginx if installed, else :mod:`perf_origin
 subprocess on its own port (:mod:`perf_proxies`); every figure is taken beside a *direct* run
 (no proxy) in the same invocation, so the ratios compare like with like on a noisy machine.
 Every proxy runs in its default configuration, access log on as it ships (``--access-logs
-off`` turns them all off; ``ours-nolog`` is ours without it in any run).
+off`` turns them all off; ``ours-nolog`` is ours without it in any run), and the report sets
+each of our variants beside direct and beside every peer of the same run, then checks the
+project's targets (:mod:`perf_report`).
 
 Throughput scenarios run first, with repetitions interleaved across targets (direct, then each
 proxy, then again) so drift in the machine's speed hits every target alike; the table shows
@@ -54,7 +56,7 @@ from perf_procs import (  # noqa: E402
     start_origin,
 )
 from perf_proxies import PROXIES, start_proxy  # noqa: E402
-from perf_report import SCENARIOS, THROUGHPUT, plot, summarize, table, write_json  # noqa: E402
+from perf_report import SCENARIOS, THROUGHPUT, plot, report, summarize, write_json  # noqa: E402
 
 MEMORY = ("tunnels", "slow-http", "slow-connect")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -283,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(raw)
     meta = {**cfg, "command": " ".join(sys.argv), "seconds": time.monotonic() - began}
     meta.update(load_before=load_before, load_after=os.getloadavg(), cpus=os.cpu_count())
-    print(table(rows))
+    print(report(rows))
     logs = cfg.get("access_log_lines") or {}
     if logs:
         written = ", ".join(f"{k} {'off' if n is None else f'{n:,}'}" for k, n in logs.items())
