@@ -156,6 +156,8 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log: Path
     stop_signal: int = signal.SIGTERM
+    access_log: Path | None = None
+    """Where its access log goes (its ``log`` for those that log to stderr), if it has one."""
 
     @property
     def pid(self) -> int:
@@ -174,6 +176,16 @@ class Proc:
             self.popen.wait(timeout)
         except ProcessLookupError:
             pass
+
+    def access_log_lines(self) -> int | None:
+        """Lines in its access log so far (None when it has none or it is unreadable)."""
+        if self.access_log is None:
+            return None
+        try:
+            with open(self.access_log, "rb") as handle:
+                return sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b""))
+        except OSError:
+            return None
 
     def log_tail(self, lines: int = 5) -> str:
         """Last lines of the child's log, for an error message."""

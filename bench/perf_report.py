@@ -5,9 +5,18 @@ Theory of operation
 Raw results are ``{scenario: {target: [one dict per repetition]}}``. A repetition is a dict of
 figures, or ``{"skipped": reason}`` / ``{"error": message}``. The table shows, per scenario and
 target, the median of the scenario's main figure over the successful repetitions, its ratio to
-the direct run of the same scenario (for throughput), and a few side figures. The JSON keeps
-everything, so another script can redo the statistics; the plot is drawn with matplotlib's Agg
-backend (no display needed) and skipped with a note if matplotlib is missing.
+the direct run of the same scenario (for throughput), and a few side figures.
+
+Every target is also set beside every other of the same run: each row's ``vs`` maps the other
+targets to the ratio of the two medians, and :func:`matrix` prints, per scenario, our variants
+(rows) against direct, ours and each peer (columns), so "ours / Squid" is read off one
+invocation rather than divided across two. :func:`targets` checks the project's goals (at least
+Squid on small requests, 2x Squid on 64 KiB, 0.95x direct through ``CONNECT``...) from the
+same figures. Ratios are computed from the medians stored in each row, so a JSON written before
+``vs`` existed renders the same way.
+
+The JSON keeps everything, so another script can redo the statistics; the plot is drawn with
+matplotlib's Agg backend (no display needed) and skipped with a note if matplotlib is missing.
 """
 
 from __future__ import annotations
@@ -32,6 +41,26 @@ SCENARIOS: dict[str, tuple[str, str, str]] = {
 
 FULL = "all attempted"
 THROUGHPUT = ("ab-k", "ab", "wrk-small", "wrk-64k", "connect-256m", "http-256m")
+
+GOALS: tuple[tuple[str, str, str, str, float | None], ...] = (
+    ("ab -k 100 B, one process: at least Squid", "ab-k", "ours", "squid", 1.0),
+    ("ab 100 B, new connection each: at least Squid", "ab", "ours", "squid", 1.0),
+    ("--workers 2 on two cores, ab -k (x one process)", "ab-k", "ours-2w", "ours", None),
+    ("--workers 2 on two cores, ab (x one process)", "ab", "ours-2w", "ours", None),
+    ("wrk 64 KiB: at least 2x Squid", "wrk-64k", "ours", "squid", 2.0),
+    ("256 MiB through CONNECT: at least 0.95x direct", "connect-256m", "ours", "direct", 0.95),
+    ("256 MiB plain HTTP: at least 0.5x direct", "http-256m", "ours", "direct", 0.5),
+    ("cache hit, ab -k: at least Squid's memory cache", "ab-k", "ours-cache", "squid-cache", 1.0),
+    ("access log on / off, ab -k", "ab-k", "ours", "ours-nolog", None),
+)
+"""(what, scenario, target, reference, least ratio or None for a figure without a verdict)."""
+TUNNEL_GOAL = (9000, 3.0)
+"""Idle tunnels that must all open with default flags, and the most KiB of RSS each."""
+
+
+def is_ours(target: str) -> bool:
+    """Whether *target* is a variant of our proxy (a row of the matrix) rather than a peer."""
+    return target.startswith("ours") or target == "baseline"
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
@@ -113,15 +142,93 @@ def summarize(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> list[dict[str,
                 row.update(value=value, unit=unit, runs=sum(key in r for r in runs))
                 if scenario in THROUGHPUT and direct and target != "direct":
                     row["ratio"] = value / direct
+                if scenario == "tunnels":
+                    row.update(ok=median_of(runs, "ok"), attempted=median_of(runs, "attempted"))
                 row["note"] = _side(scenario, runs)
             rows.append(row)
+    for row in rows:
+        if "value" in row:
+            values = _values_of(rows, row["scenario"])
+            row["vs"] = {t: row["value"] / v for t, v in values.items() if t != row["target"] and v}
     return rows
+
+
+def _values_of(rows: list[dict[str, Any]], scenario: str) -> dict[str, float]:
+    return {r["target"]: r["value"] for r in rows if r["scenario"] == scenario and "value" in r}
+
+
+def _ratio_text(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}x" if value < 100 else f"{value:,.0f}x"
+
+
+def matrix(rows: list[dict[str, Any]]) -> str:
+    """Per scenario: each of our variants (rows) over direct, ours and every peer (columns)."""
+    lines = [
+        "Ratios within this run: row / column, medians "
+        "(throughput: above 1 is faster; memory: below 1 is smaller)"
+    ]
+    for scenario in dict.fromkeys(r["scenario"] for r in rows):
+        values = _values_of(rows, scenario)
+        ours = [t for t in values if is_ours(t)]
+        # Peers and direct; ours as well when other variants of ours are rows beside it.
+        columns = [t for t in values if not is_ours(t) or (t == "ours" and len(ours) > 1)]
+        if not ours or not columns:
+            continue
+        label = SCENARIOS[scenario][0]
+        width = max(11, *(len(c) + 2 for c in columns))
+        lines.append("")
+        lines.append(f"{label:34}" + "".join(f"{c:>{width}}" for c in columns))
+        for target in ours:
+            cells = [
+                _ratio_text(values[target] / values[c] if c != target and values[c] else None)
+                for c in columns
+            ]
+            lines.append(f"  {target:32}" + "".join(f"{cell:>{width}}" for cell in cells))
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The project's goals checked against this run: one dict per goal with a verdict."""
+    found = []
+    for what, scenario, target, reference, least in GOALS:
+        values = _values_of(rows, scenario)
+        if target not in values or not values.get(reference):
+            continue
+        ratio = values[target] / values[reference]
+        verdict = "-" if least is None else ("met" if ratio >= least else "not met")
+        found.append({"goal": what, "measured": f"{ratio:.2f}x {reference}", "verdict": verdict})
+    need, most_kib = TUNNEL_GOAL
+    for row in rows:
+        if row["scenario"] != "tunnels" or not is_ours(row["target"]) or "value" not in row:
+            continue
+        ok, tried = row.get("ok") or 0, row.get("attempted") or 0
+        measured = f"{row['value']:.2f} KiB each"
+        if tried:  # a JSON written before these were kept in the row has the KiB only
+            measured = f"{ok:,.0f} of {tried:,.0f} open, " + measured
+        if tried < need:
+            verdict = f"not measured at {need:,} (--tunnels {need})"
+        else:
+            verdict = "met" if ok >= need and row["value"] <= most_kib else "not met"
+        what = f"{need:,} idle tunnels, at most {most_kib:g} KiB each: {row['target']}"
+        found.append({"goal": what, "measured": measured, "verdict": verdict})
+    return found
+
+
+def targets_table(found: list[dict[str, Any]]) -> str:
+    """:func:`targets` as plain text."""
+    if not found:
+        return "Targets: none measured by this run"
+    lines = [f"{'Targets, from this run':56} {'measured':36} verdict", "-" * 110]
+    lines += [f"{t['goal']:56} {t['measured']:36} {t['verdict']}" for t in found]
+    return "\n".join(lines)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """A plain-text table of :func:`summarize`'s rows."""
     lines = [
-        f"{'scenario':34} {'target':11} {'median':>10} {'unit':8} {'x direct':>8} {'n':>2}  notes",
+        f"{'scenario':34} {'target':14} {'median':>10} {'unit':8} {'x direct':>8} {'n':>2}  notes",
         "-" * 100,
     ]
     last = None
@@ -129,21 +236,27 @@ def table(rows: list[dict[str, Any]]) -> str:
         label = row["label"] if row["scenario"] != last else ""
         last = row["scenario"]
         if "value" not in row:
-            lines.append(f"{label:34} {row['target']:11} {row['note']}")
+            lines.append(f"{label:34} {row['target']:14} {row['note']}")
             continue
         value = row["value"]
         shown = f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
         ratio = f"{row['ratio']:.2f}x" if "ratio" in row else "-"
         lines.append(
-            f"{label:34} {row['target']:11} {shown:>10} {row['unit']:8} {ratio:>8} "
+            f"{label:34} {row['target']:14} {shown:>10} {row['unit']:8} {ratio:>8} "
             f"{row['runs']:>2}  {row['note']}"
         )
     return "\n".join(lines)
 
 
+def report(rows: list[dict[str, Any]]) -> str:
+    """The whole text report: the table, the ratio matrix and the targets."""
+    return "\n\n".join([table(rows), matrix(rows), targets_table(targets(rows))])
+
+
 def write_json(path: Path, meta: dict[str, Any], raw: dict[str, Any], rows: list[Any]) -> None:
-    """Everything measured, with the run's settings, as JSON."""
-    path.write_text(json.dumps({"meta": meta, "summary": rows, "raw": raw}, indent=1))
+    """Everything measured, with the run's settings and the targets' verdicts, as JSON."""
+    run = {"meta": meta, "summary": rows, "targets": targets(rows), "raw": raw}
+    path.write_text(json.dumps(run, indent=1))
 
 
 def plot(path: Path, rows: list[dict[str, Any]]) -> str:

@@ -2,10 +2,11 @@
 
 Usage::
 
-    python bench/run.py                      # full run, 3 repetitions (~10 min on 2 cores)
+    python bench/run.py                      # full run, 3 repetitions (~15 min on 2 cores)
     python bench/run.py --quick              # 1 repetition, fewer requests (~2 min)
     python bench/run.py --scenarios ab-k,wrk-64k --proxies ours,squid --reps 5
-    python bench/run.py --scenarios tunnels --tunnels 10000
+    python bench/run.py --scenarios tunnels --tunnels 9000
+    python bench/run.py --access-logs off    # every proxy with its access log off
     python bench/run.py --profile            # ab -k through our proxy under cProfile
     git worktree add /tmp/before HEAD~3      # then, before and after side by side:
     python bench/run.py --scenarios ab-k,wrk-64k --proxies ours --baseline /tmp/before
@@ -16,6 +17,10 @@ An origin that is not the bottleneck (nginx if installed, else :mod:`perf_origin
 100-byte, a 64 KiB, a 256 MiB and a 1 GiB file over HTTP and TLS. Each selected proxy runs as a
 subprocess on its own port (:mod:`perf_proxies`); every figure is taken beside a *direct* run
 (no proxy) in the same invocation, so the ratios compare like with like on a noisy machine.
+Every proxy runs in its default configuration, access log on as it ships (``--access-logs
+off`` turns them all off; ``ours-nolog`` is ours without it in any run), and the report sets
+each of our variants beside direct and beside every peer of the same run, then checks the
+project's targets (:mod:`perf_report`).
 
 Throughput scenarios run first, with repetitions interleaved across targets (direct, then each
 proxy, then again) so drift in the machine's speed hits every target alike; the table shows
@@ -51,7 +56,7 @@ from perf_procs import (  # noqa: E402
     start_origin,
 )
 from perf_proxies import PROXIES, start_proxy  # noqa: E402
-from perf_report import SCENARIOS, THROUGHPUT, plot, summarize, table, write_json  # noqa: E402
+from perf_report import SCENARIOS, THROUGHPUT, plot, report, summarize, write_json  # noqa: E402
 
 MEMORY = ("tunnels", "slow-http", "slow-connect")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -74,7 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests", type=int, default=None, help="ab -n (20000; quick: 4000)")
     parser.add_argument("--ab-limit", type=float, default=None, help="ab -t seconds (6; quick 4)")
     parser.add_argument("--duration", type=float, default=None, help="wrk -d seconds (4; quick 2)")
-    parser.add_argument("--tunnels", type=int, default=None, help="idle tunnels (2000; quick 500)")
+    parser.add_argument("--tunnels", type=int, default=None, help="idle tunnels (9000; quick 500)")
+    parser.add_argument(
+        "--access-logs",
+        choices=("on", "off"),
+        default="on",
+        help="every proxy's access log as it ships, or all off (%(default)s)",
+    )
     parser.add_argument(
         "--slow-seconds", type=float, default=None, help="slow reader time cap (12; quick 5)"
     )
@@ -115,7 +126,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "requests": pick(args.requests, 20000, 4000),
         "ab_limit": pick(args.ab_limit, 6.0, 4.0),
         "duration": pick(args.duration, 4.0, 2.0),
-        "tunnels": pick(args.tunnels, 2000, 500),
+        "tunnels": pick(args.tunnels, 9000, 500),
+        "access_logs": args.access_logs == "on",
         "slow_seconds": pick(args.slow_seconds, 12.0, 5.0),
         "slow_rate": args.slow_rate * (1 << 20),
         "curl_limit": pick(None, 20.0, 10.0),
@@ -195,6 +207,7 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace, tmp: Path, stack: Sta
             tunnels=cfg["tunnels"],
             proxypy=args.proxypy_path,
             baseline=args.baseline,
+            access_logs=cfg["access_logs"],
         )
 
     tput = [s for s in cfg["scenarios"] if s in THROUGHPUT]
@@ -210,20 +223,29 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace, tmp: Path, stack: Sta
                             continue  # splice only changes how tunnel bytes move
                         if name == "floor" and scenario not in ("ab-k", "ab", "wrk-small"):
                             continue  # it sends a whole response at once: 100 B ones only
+                        if name in ("ours-nolog", "ours-logbeside") and scenario.endswith("256m"):
+                            continue  # one log line per 256 MiB: the log costs nothing there
                         runs = raw.setdefault(scenario, {}).setdefault(name, [])
                         if isinstance(proc, str):
                             runs.append({"skipped": proc})
                             continue
                         _say(f"[rep {rep + 1}/{cfg['reps']}] {scenario} via {name}")
                         runs.append(throughput(scenario, origin, proc, cfg, tmp))
+            # Proof that the logs were on (or off): the lines each wrote while it was measured.
+            cfg["access_log_lines"] = {
+                name: proc.access_log_lines()
+                for name, proc in procs.items()
+                if isinstance(proc, Proc)
+            }
     holder = start_holder(stack, tmp) if "tunnels" in cfg["scenarios"] else None
     origin.hold_port = holder
     for scenario in [s for s in cfg["scenarios"] if s in MEMORY]:
-        skip = ("ours-cache", "squid-cache", "floor")  # a memory scenario caches nothing
+        # A memory scenario caches nothing and logs a line or none.
+        skip = ("ours-cache", "squid-cache", "floor", "ours-nolog", "ours-logbeside")
         names = ["direct"] + [p for p in cfg["proxies"] if p not in skip]
         reps = cfg["reps"] if scenario == "tunnels" else 1
         if scenario != "tunnels":
-            names = [n for n in names if n not in ("ours-2w", "ours-nosplice")]
+            names = [n for n in names if n not in ("ours-2w", "ours-nosplice", "proxypy-1w")]
         if scenario == "slow-connect":
             names = ["direct", "ours"]  # one variant of the slow reader is enough for the others
         for rep in range(reps):
@@ -263,7 +285,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(raw)
     meta = {**cfg, "command": " ".join(sys.argv), "seconds": time.monotonic() - began}
     meta.update(load_before=load_before, load_after=os.getloadavg(), cpus=os.cpu_count())
-    print(table(rows))
+    print(report(rows))
+    logs = cfg.get("access_log_lines") or {}
+    if logs:
+        written = ", ".join(f"{k} {'off' if n is None else f'{n:,}'}" for k, n in logs.items())
+        print(f"\naccess-log lines written during the throughput scenarios: {written}")
     print(
         f"\nload average before/after: {load_before[0]:.1f} / {meta['load_after'][0]:.1f} "
         f"on {os.cpu_count()} CPUs (other work on the machine skews every figure)"

@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .accesslog import FORMATS
-from .config import Config, MiB
+from .config import (
+    FDS_PER_CONNECTION,
+    RESERVED_FDS,
+    SPLICE_PIPE_FDS,
+    Config,
+    MiB,
+    default_max_conns,
+    raise_fd_limit,
+)
 from .configfile import ConfigFileError, ConfigSource, dump
 
 if TYPE_CHECKING:
@@ -163,6 +171,7 @@ SIGUSR1 reopens the access log (after logrotate renamed it).
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m proxy`` argument parser."""
     defaults = Config()
+    reserved = RESERVED_FDS + SPLICE_PIPE_FDS
     parser = argparse.ArgumentParser(
         prog="python -m proxy",
         description="A forward HTTP/HTTPS proxy on a single-threaded reactor.",
@@ -192,8 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument(
         "--max-conns",
         type=_at_least_one,
-        default=defaults.max_conns,
-        help="concurrent client connections; more wait in the backlog (%(default)s)",
+        default=None,
+        metavar="N",
+        help="concurrent client connections per process; more wait in the backlog "
+        f"(default: derived from the descriptor limit, (RLIMIT_NOFILE - {reserved}) // "
+        f"{FDS_PER_CONNECTION}, after raising the soft limit to the hard one: each client "
+        f"may need an origin socket, {reserved} stay for the process and its splice pipes)",
     )
     parser.add_argument(
         "--no-splice",
@@ -321,7 +334,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         host=args.host,
         port=args.port,
         blacklist=args.blacklist,
-        max_conns=args.max_conns,
+        max_conns=args.max_conns if args.max_conns is not None else default_max_conns(),
         workers=args.workers,
         splice=not args.no_splice,
         connect_ports=args.connect_ports,
@@ -356,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         args = source.namespace()
     except ConfigFileError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    raise_fd_limit()  # before the --max-conns default is derived from it
+    if args.max_conns is None:
+        args.max_conns = default_max_conns()  # so --print-config shows the effective value
     if args.print_config:
         origin = "defaults, then " + (f"{source.path}, then " if source.path else "") + "flags"
         sizes = {"cache_size": _size_text, "cache_max_object": _size_text}

@@ -18,9 +18,57 @@ Every field is in exactly one of the two sets (a test checks it).
 from __future__ import annotations
 
 import dataclasses
+import resource
 from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
+
+RESERVED_FDS = 32
+"""Descriptors kept for the process itself: standard streams, the selector, listening sockets,
+the waker, the blocklist watcher, log files, resolver threads' sockets (a generous count)."""
+SPLICE_PIPE_FDS = 2 * 64
+"""Two descriptors per pipe the splice pool may lend (``PipePool``'s ``max_pipes``)."""
+FDS_PER_CONNECTION = 2
+"""A client socket plus the origin socket it may need (relay or tunnel)."""
+
+
+def max_conns_for(fd_limit: int) -> int:
+    """The ``--max-conns`` default for a process that may open *fd_limit* descriptors.
+
+    ``(fd_limit - RESERVED_FDS - SPLICE_PIPE_FDS) // FDS_PER_CONNECTION``, at least 1: every
+    client may hold an origin socket too, and what is left after the process's own descriptors
+    and the splice pipes is shared by those pairs (Envoy's advice: keep connection limits under
+    half the descriptor limit). 1,024 descriptors give 432 clients, 20,000 give 9,920.
+    """
+    return max(1, (fd_limit - RESERVED_FDS - SPLICE_PIPE_FDS) // FDS_PER_CONNECTION)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft ``RLIMIT_NOFILE`` to the hard limit, as servers do at start-up.
+
+    Return the soft limit in force afterwards (unchanged where raising is refused). An unlimited
+    hard limit is capped at ``/proc/sys/fs/nr_open``'s usual default, 1,048,576, since the
+    kernel refuses a soft limit above that anyway.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    return current_fd_limit()
+
+
+def current_fd_limit() -> int:
+    """The soft ``RLIMIT_NOFILE`` of this process now (an unlimited one counted as 2**20)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 1 << 20 if soft == resource.RLIM_INFINITY else soft
+
+
+def default_max_conns() -> int:
+    """:func:`max_conns_for` this process's current soft descriptor limit."""
+    return max_conns_for(current_fd_limit())
 
 
 @dataclass
@@ -71,8 +119,16 @@ class Config:
     """Move tunnel bytes with ``os.splice`` where the platform has it (``--no-splice``: never)."""
     workers: int = 1
     """Reactor processes sharing the port with ``SO_REUSEPORT``; each has its own cache."""
-    max_conns: int = 1024
-    """Concurrent client connections; beyond it new clients wait in the listen backlog."""
+    max_conns: int = field(default_factory=default_max_conns)
+    """Concurrent client connections; beyond it new clients wait in the listen backlog.
+
+    The default follows the descriptor limit, ``(RLIMIT_NOFILE - 32 - 128) // 2`` (see
+    ``max_conns_for`` in this module): each client may need an origin socket, 32 descriptors
+    stay for the process itself and 128 for the splice pipes. ``python -m proxy`` first raises
+    its soft limit to the hard one, so 20,000 descriptors give 9,920 clients; a ``Config()`` built elsewhere
+    reads the soft limit as it finds it. Idle pooled origin connections are not counted here:
+    if they use up the headroom, an origin connection fails with ``EMFILE`` and its client gets
+    a 502, the proxy keeps running."""
     max_idle_upstreams_per_host: int = 256
     """Idle origin connections kept per host:port; fewer than the busy clients means churn."""
     connect_ports: frozenset[int] = field(default_factory=lambda: frozenset({443}))

@@ -375,8 +375,8 @@ class ProxyProcess:
 
         def limit() -> None:
             if nofile is not None:
-                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
+                # The hard limit too: the proxy raises its soft limit to the hard one at start-up.
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
 
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "proxy", "--port", "0", "--blacklist", str(blacklist), *args],
@@ -464,7 +464,8 @@ def _exhaust(proxy: ProxyProcess) -> list[socket.socket]:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_fd_exhaustion_is_survived_without_spinning(proxy_process, origin):
-    proxy = proxy_process("--log-level", "WARNING", nofile=48)
+    # A cap far above what 48 descriptors hold: the proxy must meet EMFILE, not its own cap.
+    proxy = proxy_process("--log-level", "WARNING", "--max-conns", "1000", nofile=48)
     # Warm up: the first status page and forwarded request fill the caches they use.
     with proxy.connect() as sock:
         sock.sendall(b"GET /stats.json HTTP/1.1\r\nHost: localhost\r\n\r\n")
@@ -496,7 +497,8 @@ def test_fd_exhaustion_is_survived_without_spinning(proxy_process, origin):
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 def test_first_status_page_while_exhausted(proxy_process):
-    proxy = proxy_process("--log-level", "WARNING", nofile=48)
+    # A cap far above what 48 descriptors hold: the proxy must meet EMFILE, not its own cap.
+    proxy = proxy_process("--log-level", "WARNING", "--max-conns", "1000", nofile=48)
     clients = _exhaust(proxy)
     try:
         clients[0].sendall(b"GET /stats.json HTTP/1.1\r\nHost: localhost\r\n\r\n")

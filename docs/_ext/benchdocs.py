@@ -6,8 +6,11 @@ Benchmark figures come from a real run on real hardware, so they cannot be compu
 docs build; but the picture must not be a pasted image that drifts from its data. The run's
 JSON is committed as plain text (``docs/data/bench-results.json``); at ``builder-inited`` this
 extension writes ``docs/_generated/bench-table.txt`` and ``bench-plot.png`` from it with the
-benchmark's own report functions (:mod:`bench.perf_report`), and the performance page
-includes both. Rerun the benchmark, copy its JSON over, rebuild: table and plot follow.
+benchmark's own report functions (:mod:`bench.perf_report`): the table, the matrix of ratios
+between our variants and every peer, and the targets' verdicts, all recomputed from the
+medians in the JSON's summary, so a JSON written before the matrix existed renders too. The
+performance page includes both files. Rerun the benchmark, copy its JSON over, rebuild: table
+and plot follow.
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ def render(app: Any) -> None:
         f"({meta.get('reps', '?')} repetitions, {meta.get('seconds', 0):.0f} s, "
         f"{meta.get('cpus', '?')} CPUs, load average {before:.1f} -> {after:.1f})"
     )
-    (OUT / "bench-table.txt").write_text(header + "\n\n" + perf_report.table(run["summary"]) + "\n")
+    # Runs before the access-log option existed ran every proxy with its log off.
+    logs = "on" if meta.get("access_logs", False) else "off"
+    header += f"\naccess logs {logs} for every proxy"
+    text = perf_report.report(run["summary"])
+    (OUT / "bench-table.txt").write_text(header + "\n\n" + text + "\n")
     perf_report.plot(OUT / "bench-plot.png", run["summary"])
 
 
