@@ -125,8 +125,8 @@ class Config:
     The default follows the descriptor limit, ``(RLIMIT_NOFILE - 32 - 128) // 2`` (see
     ``max_conns_for`` in this module): each client may need an origin socket, 32 descriptors
     stay for the process itself and 128 for the splice pipes. ``python -m proxy`` first raises
-    its soft limit to the hard one, so 20,000 descriptors give 9,920 clients; a ``Config()`` built elsewhere
-    reads the soft limit as it finds it. Idle pooled origin connections are not counted here:
+    its soft limit to the hard one, so 20,000 descriptors give 9,920 clients; a ``Config()``
+    built elsewhere reads the soft limit as it finds it. Idle pooled origin connections are not counted here:
     if they use up the headroom, an origin connection fails with ``EMFILE`` and its client gets
     a 502, the proxy keeps running."""
     max_idle_upstreams_per_host: int = 256
