@@ -399,11 +399,11 @@ predicted_second = ["Data", "EndOfMessage"]
     ],
     "06-framing": [
         """\
-def body_framing(method, response):
-    if "chunked" in response.headers.get_list("transfer-encoding"):
+def body_framing(method, status, version, headers):
+    if "chunked" in headers.get_list("transfer-encoding"):
         return "chunked"
-    if response.headers.has("content-length"):
-        return int(response.headers.get("content-length"))
+    if "content-length" in headers:
+        return int(headers.get("content-length"))
     return "until-close"
 """,
     ],

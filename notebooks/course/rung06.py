@@ -107,9 +107,9 @@ _FRAMING_CASES: list[tuple[str, Response, str]] = [
 ]
 
 
-def _outcome(decide: Callable[[str, Response], Any], method: str, response: Response) -> Any:
+def _outcome(decide: Callable[..., Any], method: str, response: Response) -> Any:
     try:
-        return decide(method, response)
+        return decide(method, response.status, response.version, response.headers)
     except ProtocolError as error:
         return ("ProtocolError", error.status)
 

@@ -1,18 +1,18 @@
 # Exercise 05-producer: one chunk per tick while not paused; stop when the connection goes.
 from collections.abc import Iterator
 
-from minireactor import Protocol, Reactor, Transport
+from minireactor import Protocol, Reactor, TransportLike
 
 
 class ChunkProducer(Protocol):
     def __init__(self, reactor: Reactor, chunks: Iterator[bytes]) -> None:
         self.reactor = reactor
         self.chunks = chunks
-        self.transport: Transport | None = None
+        self.transport: TransportLike | None = None
         self.paused = False
         self.scheduled = False  # at most one produce() chain, whatever resumes do
 
-    def connection_made(self, transport: Transport) -> None:
+    def connection_made(self, transport: TransportLike) -> None:
         self.transport = transport
         self._schedule()
 
