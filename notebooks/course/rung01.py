@@ -136,7 +136,7 @@ def backlog(answer: Answer) -> str:
     )
 
 
-IDLE, SLOTS = 0.3, 2
+IDLE, SLOTS = 0.5, 2
 
 
 @exercise(
@@ -173,11 +173,11 @@ def idle_timeout(answer: Answer) -> str:
         with connect(address) as slow, connect(address) as other:
             if not (echoed(slow, b"first", timeout=2.0) and echoed(other, b"me too", 2.0)):
                 raise Wrong("two clients connected at once were not both served")
-            for i in range(6):  # one byte every IDLE / 3: slow, but never idle for IDLE
-                time.sleep(IDLE / 3)
+            for i in range(5):  # one byte every IDLE / 5: slow, but never silent for IDLE
+                time.sleep(IDLE / 5)
                 if not echoed(slow, b"%d" % i, timeout=2.0):
                     raise Wrong(
-                        "a slow but honest client (one byte every 0.1 s) was dropped",
+                        f"a slow but honest client (one byte every {IDLE / 5:.1f} s) was dropped",
                         "the timeout is for silence: restart it on every recv() that got data",
                     )
     if not threads_settle(baseline):

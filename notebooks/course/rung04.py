@@ -144,7 +144,7 @@ def offload(answer: Answer) -> str:
             finished: list[float] = []
 
             def work() -> int:
-                time.sleep(0.1)  # blocking work: must not run on the loop
+                time.sleep(0.2)  # blocking work: must not run on the loop
                 finished.append(time.monotonic())
                 return 42
 
