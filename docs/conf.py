@@ -2,7 +2,8 @@
 
 Built offline in CI with ``python -m sphinx -n -W --keep-going -b html docs docs/_build/html``:
 no CDN, no remote fonts, no intersphinx, the built-in alabaster theme. Pages are Markdown
-(MyST) or reST; the notebooks are copied in at build time and rendered without executing.
+(MyST) or reST; the notebooks and their instructor guide are copied in at build time, and the
+notebooks are rendered without executing.
 """
 
 from __future__ import annotations
@@ -101,17 +102,21 @@ html_sidebars = {"**": ["about.html", "navigation.html", "relations.html", "sear
 # -- notebooks: copied from ../notebooks so the toctree stays inside the source dir ---------------
 NOTEBOOKS_SRC = ROOT / "notebooks"
 NOTEBOOKS_DST = DOCS / "tutorials" / "notebooks"
+GUIDE = NOTEBOOKS_SRC / "README.md"
 
 
 def copy_notebooks(app: object) -> None:
-    """Mirror ``notebooks/*.ipynb`` into ``docs/tutorials/notebooks/`` (git-ignored).
+    """Mirror ``notebooks/*.ipynb`` and the instructor guide into ``docs/tutorials/notebooks/``.
 
-    Only changed files are rewritten, so incremental builds re-read only what changed; a
-    notebook deleted upstream disappears from the copy too.
+    The guide (``notebooks/README.md``) is copied beside the notebooks so that its links to
+    them resolve in the docs as they do on disk. The folder is git-ignored. Only changed files
+    are rewritten, so incremental builds re-read only what changed; a file deleted upstream
+    disappears from the copy too.
     """
     NOTEBOOKS_DST.mkdir(parents=True, exist_ok=True)
     wanted = {path.name: path for path in sorted(NOTEBOOKS_SRC.glob("*.ipynb"))}
-    for stale in NOTEBOOKS_DST.glob("*.ipynb"):
+    wanted[GUIDE.name] = GUIDE
+    for stale in [*NOTEBOOKS_DST.glob("*.ipynb"), *NOTEBOOKS_DST.glob("*.md")]:
         if stale.name not in wanted:
             stale.unlink()
     for name, source in wanted.items():

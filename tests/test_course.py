@@ -1,0 +1,658 @@
+"""The course's exercises, checked without Jupyter: every checker against stub, wrong, solution.
+
+A check that passes on the shipped stub would grade an empty answer as done; one that passes on
+a wrong answer grades nothing; one that fails on the solution grades the checker. So for every
+exercise cell in the notebooks, this module runs the check three ways, exactly as the notebook
+would (the cell's source is executed in a fresh namespace, then ``course.checks.run`` reads it):
+
+* the stub, taken from the notebook itself, must be reported "not done" (``todo``);
+* each wrong answer below must be reported wrong (``fail``), never "not done";
+* the solution from ``notebooks/solutions/<id>.py`` must pass.
+
+It also checks the plumbing the grader relies on: every exercise cell is followed by its check
+cell, ids are unique and registered, every exercise has a solution and a line in the instructor
+guide, and ``check`` records a JSON line for ``notebooks/grade.py`` and never raises.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOKS = REPO / "notebooks"
+SOLUTIONS = NOTEBOOKS / "solutions"
+sys.path.insert(0, str(NOTEBOOKS))
+
+from course import checks  # noqa: E402
+from course.harness import threads_settle  # noqa: E402
+
+FIRST_WAVE = ("01", "02", "03", "04", "05", "06")
+
+
+def _cells() -> list[tuple[str, int, dict[str, Any]]]:
+    found = []
+    for path in sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")):
+        notebook = json.loads(path.read_text(encoding="utf-8"))
+        found += [(path.name, index, cell) for index, cell in enumerate(notebook["cells"])]
+    return found
+
+
+CELLS = _cells()
+EXERCISE_CELLS = {
+    cell["metadata"]["exercise"]: (name, index, "".join(cell["source"]))
+    for name, index, cell in CELLS
+    if "exercise" in cell["metadata"].get("tags", [])
+}
+
+
+def _run_source(exercise_id: str, source: str, label: str) -> checks.Result:
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(source, f"<{exercise_id} {label}>", "exec"), namespace)
+    return checks.run(exercise_id, namespace)
+
+
+WRONG: dict[str, list[str]] = {
+    "01-predict-stall": [
+        """\
+predicted_wait = 0.4
+""",
+    ],
+    "01-backlog": [
+        """\
+def handshakes_before_stall(backlog):
+    return backlog
+""",
+    ],
+    "01-idle-timeout": [
+        """\
+import contextlib
+import socket
+import threading
+
+
+def _echo(conn, done):
+    with conn:
+        try:
+            while data := conn.recv(1024):
+                conn.sendall(data)
+        except OSError:
+            pass
+    done.release()
+
+
+def serve_with_idle_timeout(listener, stop, max_conns, idle_timeout):
+    listener.settimeout(0.05)
+    slots = threading.BoundedSemaphore(max_conns)
+    threads, conns = [], []
+    try:
+        while not stop.is_set():
+            if not slots.acquire(timeout=0.05):
+                continue
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                slots.release()
+                continue
+            conns.append(conn)
+            thread = threading.Thread(target=_echo, args=(conn, slots))
+            thread.start()
+            threads.append(thread)
+    finally:
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        for thread in threads:
+            thread.join(timeout=2)
+""",
+    ],
+    "02-predict-recv": [
+        """\
+B = "BlockingIOError"
+predicted_outcomes = [B, b"ping", B, B, B]
+""",
+    ],
+    "02-echo-two": [
+        """\
+import socket
+
+
+def serve_echo(listener, stop, selector):
+    listener.settimeout(0.05)
+    while not stop.is_set():
+        try:
+            conn, _ = listener.accept()
+        except TimeoutError:
+            continue
+        with conn:
+            conn.settimeout(0.05)
+            while not stop.is_set():
+                try:
+                    data = conn.recv(1024)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                conn.sendall(data)
+""",
+    ],
+    "02-echo-buffered": [
+        """\
+import selectors
+
+
+def serve_echo_buffered(listener, stop, selector):
+    listener.setblocking(False)
+    selector.register(listener, selectors.EVENT_READ, data="listener")
+    try:
+        while not stop.is_set():
+            for key, _mask in selector.select(timeout=0.05):
+                if key.data == "listener":
+                    conn, _ = listener.accept()
+                    conn.setblocking(False)
+                    selector.register(conn, selectors.EVENT_READ, data="client")
+                    continue
+                data = key.fileobj.recv(65536)
+                if data:
+                    try:
+                        key.fileobj.send(data)  # whatever does not fit is lost
+                    except BlockingIOError:
+                        pass
+                else:
+                    selector.unregister(key.fileobj)
+                    key.fileobj.close()
+    finally:
+        for key in list(selector.get_map().values()):
+            if key.data == "client":
+                key.fileobj.close()
+""",
+    ],
+    "03-predict-ticks": [
+        """\
+predicted_log = [(1, "timer"), (1, "a"), (1, "b"), (2, "c")]
+""",
+    ],
+    "03-select-timeout": [
+        """\
+def select_timeout(ready, next_deadline, now, cap):
+    if ready:
+        return 0.0
+    if next_deadline is not None:
+        return next_deadline - now
+    return cap
+""",
+    ],
+    "03-every": [
+        """\
+class Every:
+    def __init__(self, reactor, interval, callback):
+        self.reactor, self.interval, self.callback = reactor, interval, callback
+        self.timer = reactor.call_later(interval, self._run)
+        self.cancelled = False
+
+    def _run(self):
+        self.callback()
+        if not self.cancelled:
+            self.timer = self.reactor.call_later(self.interval, self._run)  # drifts
+
+    def cancel(self):
+        self.cancelled = True
+        self.timer.cancel()
+
+
+def call_every(reactor, interval, callback):
+    return Every(reactor, interval, callback)
+""",
+        '''\
+class Every:
+    """Drift-free, but it fires every missed beat in a burst."""
+
+    def __init__(self, reactor, interval, callback):
+        self.reactor, self.interval, self.callback = reactor, interval, callback
+        self.start, self.beat, self.cancelled = reactor.time(), 1, False
+        self.timer = reactor.call_at(self.start + interval, self._run)
+
+    def _run(self):
+        self.callback()
+        if not self.cancelled:
+            self.beat += 1
+            self.timer = self.reactor.call_at(self.start + self.beat * self.interval, self._run)
+
+    def cancel(self):
+        self.cancelled = True
+        self.timer.cancel()
+
+
+def call_every(reactor, interval, callback):
+    return Every(reactor, interval, callback)
+''',
+    ],
+    "03-debounce": [
+        """\
+class Debouncer:
+    def __init__(self, reactor, delay, callback):
+        self.reactor, self.delay, self.callback = reactor, delay, callback
+        self.timer = None
+
+    def poke(self):
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.reactor.call_later(self.delay, self.callback)  # a timer per poke
+
+    def cancel(self):
+        if self.timer is not None:
+            self.timer.cancel()
+""",
+    ],
+    "04-predict-unsafe": [
+        """\
+predicted_delay = 0.0
+""",
+    ],
+    "04-waker": [
+        """\
+import socket
+
+
+class SelfPipe:
+    def __init__(self):
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)  # but the write end blocks when full
+
+    def fileno(self):
+        return self._reader.fileno()
+
+    def wake(self):
+        try:
+            self._writer.send(b"\\0")
+        except OSError:
+            pass
+
+    def drain(self):
+        try:
+            while self._reader.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self):
+        self._reader.close()
+        self._writer.close()
+""",
+    ],
+    "04-offload": [
+        """\
+def run_in_thread(reactor, executor, work, on_done):
+    def worker():
+        try:
+            on_done(work(), None)  # on the worker thread: touches loop state from outside
+        except Exception as error:
+            on_done(None, error)
+
+    executor.submit(worker)
+""",
+    ],
+    "04-call-and-wait": [
+        """\
+def call_and_wait(reactor, fn, timeout):
+    return fn()  # runs on the caller's thread, not the loop's
+""",
+    ],
+    "05-predict-pause": [
+        """\
+predicted_first_pause = 4
+predicted_pause_calls = 2
+""",
+    ],
+    "05-producer": [
+        """\
+from minireactor import Protocol
+
+
+class ChunkProducer(Protocol):
+    def __init__(self, reactor, chunks):
+        self.reactor, self.chunks = reactor, chunks
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.reactor.call_soon(self.produce)
+
+    def produce(self):
+        if self.transport.is_closing:
+            return
+        chunk = next(self.chunks, None)
+        if chunk is None:
+            self.transport.close()
+            return
+        self.transport.write(chunk)  # pause_writing() or not
+        self.reactor.call_soon(self.produce)
+""",
+        '''\
+from minireactor import Protocol
+
+
+class ChunkProducer(Protocol):
+    """Respects pause_writing(), but every resume starts one more chain of writes."""
+
+    def __init__(self, reactor, chunks):
+        self.reactor, self.chunks, self.paused = reactor, chunks, False
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.reactor.call_soon(self.produce)
+
+    def produce(self):
+        if self.transport.is_closing or self.paused:
+            return
+        chunk = next(self.chunks, None)
+        if chunk is None:
+            self.transport.close()
+            return
+        self.transport.write(chunk)
+        self.reactor.call_soon(self.produce)
+
+    def pause_writing(self):
+        self.paused = True
+
+    def resume_writing(self):
+        self.paused = False
+        self.reactor.call_soon(self.produce)
+        self.reactor.call_soon(self.produce)
+''',
+    ],
+    "05-pipe": [
+        """\
+from minireactor import Protocol, Transport
+
+
+class Copy(Protocol):
+    def __init__(self):
+        self.sink = None
+
+    def data_received(self, data):
+        self.sink.write(data)
+
+    def eof_received(self):
+        self.sink.close()
+        return False
+
+
+def pipe(reactor, source_sock, sink_sock, high_water):
+    copy = Copy()
+    source = Transport(reactor, source_sock, copy)
+    sink = Transport(reactor, sink_sock, Protocol(), high_water=high_water)  # nobody listens
+    copy.sink = sink
+    return source, sink
+""",
+    ],
+    "06-predict-events": [
+        """\
+predicted_first = ["Request", "EndOfMessage", "Request"]
+predicted_second = ["Data", "EndOfMessage"]
+""",
+    ],
+    "06-framing": [
+        """\
+def body_framing(method, status, version, headers):
+    if "chunked" in headers.get_list("transfer-encoding"):
+        return "chunked"
+    if "content-length" in headers:
+        return int(headers.get("content-length"))
+    return "until-close"
+""",
+    ],
+    "06-chunked": [
+        '''\
+from proxy.http11 import NEED_DATA, Data, EndOfMessage, Headers
+
+
+class ChunkedDecoder:
+    """Right only when the whole body is fed at once: it never waits for more."""
+
+    def __init__(self):
+        self.buffer = b""
+        self.done = False
+
+    def feed(self, data):
+        self.buffer += data
+
+    def next_event(self):
+        if self.done or not self.buffer:
+            return NEED_DATA
+        size_line, _, rest = self.buffer.partition(b"\\r\\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            self.done = True
+            return EndOfMessage(Headers())
+        self.buffer = rest[size + 2 :]
+        return Data(rest[:size])
+''',
+    ],
+    "06-forward-head": [
+        """\
+from urllib.parse import urlsplit
+
+from proxy.http11 import serialize_request_head
+
+
+def origin_head(request, pseudonym):
+    url = urlsplit(request.target)
+    headers = request.headers.copy()
+    headers.set("Host", url.netloc)
+    headers.add("Via", "1.1 " + pseudonym)
+    return serialize_request_head(request.method, url.path or "/", headers)
+""",
+    ],
+}
+
+
+def test_every_exercise_cell_is_followed_by_its_check_cell() -> None:
+    by_position = {(name, index): cell for name, index, cell in CELLS}
+    seen = []
+    for name, index, cell in CELLS:
+        if "exercise" not in cell["metadata"].get("tags", []):
+            continue
+        exercise_id = cell["metadata"].get("exercise")
+        seen.append(exercise_id)
+        assert exercise_id in checks.EXERCISES, f"{name} cell {index}: no checker"
+        assert name.startswith(exercise_id.split("-")[0] + "_"), f"{exercise_id} is in {name}"
+        following = by_position.get((name, index + 1))
+        assert following is not None and following["metadata"].get("check") == exercise_id
+        assert "check" in following["metadata"].get("tags", [])
+        assert "".join(following["source"]) == (
+            f'from course import check\n\ncheck("{exercise_id}", globals())'
+        )
+        for part in (cell, following):
+            assert part["outputs"] == [] and part["execution_count"] is None, "commit no outputs"
+    assert len(seen) == len(set(seen)), "exercise ids are unique"
+    assert set(seen) == set(checks.EXERCISES), "every registered checker has its cell"
+
+
+def test_each_exercise_is_introduced_with_its_kind_and_level() -> None:
+    by_position = {(name, index): cell for name, index, cell in CELLS}
+    for exercise_id, (name, index, _) in EXERCISE_CELLS.items():
+        registered = checks.EXERCISES[exercise_id]
+        level = "core" if registered.core else "stretch"
+        intro = by_position[(name, index - 1)]
+        assert intro["cell_type"] == "markdown"
+        heading = f"### Exercise {exercise_id} ({registered.kind}, {level})"
+        assert "".join(intro["source"]).startswith(heading), (exercise_id, heading)
+
+
+def test_first_wave_notebooks_have_at_least_three_exercises_each() -> None:
+    for number in FIRST_WAVE:
+        mine = [i for i in checks.EXERCISES if i.startswith(number + "-")]
+        assert len(mine) >= 3, (number, mine)
+        kinds = {checks.EXERCISES[i].kind for i in mine}
+        assert "predict" in kinds and kinds - {"predict"}, "from easy to harder, in each"
+        assert any(checks.EXERCISES[i].core for i in mine)
+        assert any(not checks.EXERCISES[i].core for i in mine), "a stretch exercise each"
+
+
+def test_solutions_match_exercises_one_to_one() -> None:
+    files = {path.stem for path in SOLUTIONS.glob("*.py")}
+    assert files == set(checks.EXERCISES)
+
+
+def test_the_instructor_guide_names_every_exercise() -> None:
+    guide = (NOTEBOOKS / "README.md").read_text(encoding="utf-8")
+    missing = [i for i in checks.EXERCISES if f"`{i}`" not in guide]
+    assert not missing, f"notebooks/README.md does not list {missing}"
+
+
+def test_every_exercise_has_a_wrong_answer() -> None:
+    assert set(WRONG) == set(checks.EXERCISES)
+
+
+@pytest.mark.parametrize("exercise_id", sorted(checks.EXERCISES))
+def test_check_reports_the_stub_as_not_done(exercise_id: str) -> None:
+    _, _, stub = EXERCISE_CELLS[exercise_id]
+    baseline = threading.active_count()
+    result = _run_source(exercise_id, stub, "stub")
+    assert result.status == "todo", result.render()
+    assert result.message.startswith("not done yet")
+    assert threads_settle(baseline), "the check left a thread running"
+
+
+@pytest.mark.parametrize(
+    ("exercise_id", "variant"),
+    [(i, n) for i in sorted(WRONG) for n in range(len(WRONG[i]))],
+)
+def test_check_fails_a_wrong_answer(exercise_id: str, variant: int) -> None:
+    baseline = threading.active_count()
+    result = _run_source(exercise_id, WRONG[exercise_id][variant], f"wrong {variant}")
+    assert result.status == "fail", result.render()
+    assert result.message
+    assert threads_settle(baseline, timeout=5), "the check left a thread running"
+
+
+@pytest.mark.parametrize("exercise_id", sorted(checks.EXERCISES))
+def test_check_passes_the_solution(exercise_id: str) -> None:
+    source = (SOLUTIONS / f"{exercise_id}.py").read_text(encoding="utf-8")
+    baseline = threading.active_count()
+    result = _run_source(exercise_id, source, "solution")
+    assert result.status == "pass", result.render()
+    assert threads_settle(baseline), "the check left a thread running"
+
+
+def test_check_prints_and_records_one_json_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = tmp_path / "results.jsonl"
+    monkeypatch.setenv(checks.RESULTS_ENV, str(results))
+    checks.check("03-predict-ticks", {"predicted_log": ...})
+    checks.check("03-select-timeout", {"select_timeout": lambda *_: 1 / 0})
+    checks.check("no-such-exercise", {})
+    printed = capsys.readouterr().out
+    assert "[NOT DONE] 03-predict-ticks" in printed
+    assert "[FAIL] 03-select-timeout: your code raised ZeroDivisionError" in printed
+    lines = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(line["exercise"], line["status"]) for line in lines] == [
+        ("03-predict-ticks", "todo"),
+        ("03-select-timeout", "fail"),
+        ("no-such-exercise", "fail"),
+    ]
+
+
+def test_grade_refuses_a_command_line_without_notebooks() -> None:
+    done = subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "grade.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode == 2 and "name the notebooks" in done.stderr
+
+
+def test_grade_scores_a_submission_folder(tmp_path: Path) -> None:
+    """One small notebook, graded for real: a wrong answer fails, a right one passes."""
+    pytest.importorskip("nbclient", reason="grade.py needs the notebooks extra")
+    pytest.importorskip("ipykernel", reason="grade.py needs the notebooks extra")
+    cells = []
+    for exercise_id, source in [
+        ("06-predict-events", WRONG["06-predict-events"][0]),
+        ("03-predict-ticks", (SOLUTIONS / "03-predict-ticks.py").read_text()),
+    ]:
+        cells += [
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": exercise_id,
+                "metadata": {"tags": ["exercise"], "exercise": exercise_id},
+                "outputs": [],
+                "source": source,
+            },
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": f"{exercise_id}-check",
+                "metadata": {"tags": ["check"], "check": exercise_id},
+                "outputs": [],
+                "source": f'from course import check\n\ncheck("{exercise_id}", globals())',
+            },
+        ]
+    cells.append(
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "broken",
+            "metadata": {},
+            "outputs": [],
+            "source": "raise RuntimeError('a cell of the student that fails')",
+        }
+    )
+    submission = tmp_path / "alice"
+    submission.mkdir()
+    notebook = {
+        "cells": cells,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    (submission / "99_mixed.ipynb").write_text(json.dumps(notebook))
+    table = tmp_path / "grades.csv"
+    done = subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "grade.py"), "--csv", str(table), str(submission)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "FAIL  06-predict-events" in done.stdout
+    assert "pass  03-predict-ticks" in done.stdout
+    assert "raised RuntimeError: a cell of the student that fails" in done.stdout
+    rows = table.read_text().splitlines()
+    assert rows[0] == "submission,notebook,exercise,level,status,message"
+    assert rows[1].startswith("alice,99_mixed.ipynb,06-predict-events,core,fail,")
+    assert rows[2].startswith("alice,99_mixed.ipynb,03-predict-ticks,core,pass,")
+    assert rows[3].startswith("alice,99_mixed.ipynb,,,error,cell 4 raised RuntimeError")
+
+
+def test_handout_has_the_stubs_and_no_solutions(tmp_path: Path) -> None:
+    pytest.importorskip("nbformat", reason="grade.py needs the notebooks extra")
+    pytest.importorskip("nbclient", reason="grade.py needs the notebooks extra")
+    handout = tmp_path / "handout"
+    done = subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "grade.py"), "--handout", str(handout)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (handout / "solutions").exists()
+    assert (handout / "course" / "checks.py").is_file() and (handout / "README.md").is_file()
+    shipped = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    assert sorted(path.name for path in handout.glob("*.ipynb")) == shipped
+    for name, index, stub in EXERCISE_CELLS.values():
+        cells = json.loads((handout / name).read_text(encoding="utf-8"))["cells"]
+        assert "".join(cells[index]["source"]) == stub
+        assert all(cell.get("outputs", []) == [] for cell in cells)
