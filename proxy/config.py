@@ -126,9 +126,9 @@ class Config:
     ``max_conns_for`` in this module): each client may need an origin socket, 32 descriptors
     stay for the process itself and 128 for the splice pipes. ``python -m proxy`` first raises
     its soft limit to the hard one, so 20,000 descriptors give 9,920 clients; a ``Config()``
-    built elsewhere reads the soft limit as it finds it. Idle pooled origin connections are not counted here:
-    if they use up the headroom, an origin connection fails with ``EMFILE`` and its client gets
-    a 502, the proxy keeps running."""
+    built elsewhere reads the soft limit as it finds it. Idle pooled origin connections are not
+    counted here: if they use up the headroom, an origin connection fails with ``EMFILE`` and
+    its client gets a 502, the proxy keeps running."""
     max_idle_upstreams_per_host: int = 256
     """Idle origin connections kept per host:port; fewer than the busy clients means churn."""
     connect_ports: frozenset[int] = field(default_factory=lambda: frozenset({443}))
