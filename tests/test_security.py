@@ -1,0 +1,151 @@
+"""Issue 18: eleven defects found by probing the running proxy, one regression test (or more) each.
+
+Every end-to-end case drives the real proxy over loopback (``make_proxy``) with raw sockets
+and, where the origin's side matters, a scripted origin (``raw_origin``). The pure function
+behind each fix is tested on its own next to it.
+
+Defects whose fix belongs to the per-connection state machine (2, 3, 5, 7, 8 and the
+dashboard side of 10) are tested here too, marked ``xfail(strict=True)``: they fail today,
+and the day the fix is wired they pass, which a strict xfail reports as a failure, so the
+marker is removed on purpose rather than forgotten.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+import time
+
+import pytest
+from support import read_response
+from test_robustness import WAIT, read_all, status_of, wait_for
+
+from proxy.config import Config
+from proxy.policy import address_refusal, embedded_ipv4, is_globally_routable
+
+
+def _access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "proxy.access"]
+
+
+def _ask(proxy, wire: bytes, *, source: str | None = None) -> tuple[int, dict[str, str], bytes]:
+    """Send *wire* on a new connection (from *source*, a loopback address) and read one answer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(WAIT)
+        if source is not None:
+            sock.bind((source, 0))
+        sock.connect((proxy.host, proxy.port))
+        sock.sendall(wire)
+        return read_response(sock)
+    finally:
+        sock.close()
+
+
+# -- 1. --deny-private refuses every destination that is not globally routable ----------------
+
+NOT_GLOBAL = [
+    "100.100.100.200",  # shared address space (RFC 6598): cloud metadata services
+    "100.64.0.1",
+    "127.0.0.1",
+    "10.1.2.3",
+    "169.254.169.254",
+    "0.0.0.0",
+    "192.0.0.8",  # IETF protocol assignments; Python's is_global says yes
+    "198.18.0.1",  # benchmarking
+    "224.0.1.1",  # multicast; is_global says yes
+    "255.255.255.255",
+    "::1",
+    "::",
+    "::ffff:127.0.0.1",  # IPv4-mapped
+    "::ffff:100.100.100.200",
+    "2002:7f00:1::1",  # 6to4 of 127.0.0.1; is_global says yes
+    "2002:6464:64c8::1",  # 6to4 of 100.100.100.200
+    "64:ff9b::7f00:1",  # NAT64 of 127.0.0.1; is_global says yes
+    "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+    "64:ff9b:1::808:808",  # local-use NAT64 (RFC 8215); is_global says yes
+    "::7f00:1",  # IPv4-compatible (deprecated); is_global says yes
+    "::ffff:0:7f00:1",  # IPv4-translated (SIIT); is_global says yes
+    "fe80::1",
+    "fec0::1",  # site-local (deprecated); is_global says yes
+    "fc00::1",
+    "ff0e::1",  # global-scope multicast; is_global says yes
+    "2001:db8::1",
+    "3fff::1",  # documentation (RFC 9637); Python 3.11's is_global says yes
+    "5f00::1",  # SRv6 SIDs (RFC 9602)
+    "2001::1",  # Teredo
+]
+GLOBAL = ["8.8.8.8", "1.1.1.1", "::ffff:8.8.8.8", "2002:808:808::1", "64:ff9b::808:808"]
+GLOBAL += ["2001:4860:4860::8888", "2606:4700::1111"]
+
+
+@pytest.mark.parametrize("text", NOT_GLOBAL)
+def test_not_globally_routable(text):
+    assert not is_globally_routable(ipaddress.ip_address(text))
+
+
+@pytest.mark.parametrize("text", GLOBAL)
+def test_globally_routable(text):
+    assert is_globally_routable(ipaddress.ip_address(text))
+
+
+def test_embedded_ipv4_unwraps_mapped_6to4_and_nat64():
+    v6 = ipaddress.IPv6Address
+    assert str(embedded_ipv4(v6("::ffff:10.0.0.1"))) == "10.0.0.1"
+    assert str(embedded_ipv4(v6("2002:a00:1::5"))) == "10.0.0.1"
+    assert str(embedded_ipv4(v6("64:ff9b::a00:1"))) == "10.0.0.1"
+    assert embedded_ipv4(v6("2001:4860::1")) is None
+
+
+def test_every_resolved_address_is_checked():
+    config = Config(deny_private=True)
+    public = (socket.AF_INET, ("8.8.8.8", 80))
+    metadata = (socket.AF_INET, ("100.100.100.200", 80))
+    nat64 = (socket.AF_INET6, ("64:ff9b::7f00:1", 80, 0, 0))
+    assert address_refusal(config, [public]) is None
+    refusal = address_refusal(config, [public, metadata])
+    assert refusal is not None and "100.100.100.200" in refusal
+    refusal = address_refusal(config, [public, nat64])
+    assert refusal is not None and "127.0.0.1" in refusal  # the address it leads to is named
+    assert address_refusal(Config(deny_private=False), [metadata]) is None
+
+
+DENIED_NAMES = {
+    "metadata.test": "100.100.100.200",
+    "cgnat.test": "100.64.0.1",
+    "mapped.test": "::ffff:100.100.100.200",
+    "sixtofour.test": "2002:7f00:1::1",
+    "nat64.test": "64:ff9b::7f00:1",
+    "localnat64.test": "64:ff9b:1::a00:1",
+}
+
+
+@pytest.mark.parametrize(
+    "host",
+    [*DENIED_NAMES, "100.100.100.200", "[64:ff9b::7f00:1]", "[::ffff:100.64.0.1]"],
+)
+def test_deny_private_refuses_get_and_connect_before_any_connection(make_proxy, caplog, host):
+    caplog.set_level(logging.INFO, logger="proxy.access")
+    # A refused check would try to connect: give that a deadline far beyond the answer's.
+    proxy = make_proxy(deny_private=True, hosts=DENIED_NAMES, connect_timeout=5.0)
+    started = time.monotonic()
+    status, _headers, body = _ask(
+        proxy, f"GET http://{host}/latest/meta-data/ HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    )
+    assert status == 403, body
+    assert b"not globally routable" in body
+    with proxy.connect() as sock:
+        sock.sendall(f"CONNECT {host}:443 HTTP/1.1\r\nHost: {host}:443\r\n\r\n".encode())
+        data, _how = read_all(sock)
+    assert status_of(data) == 403, data[:200]
+    assert time.monotonic() - started < 4.0  # no connect attempt ran into its deadline
+    assert wait_for(lambda: len(_access_lines(caplog)) >= 2)
+    lines = _access_lines(caplog)
+    assert all(" 403 " in line and line.endswith("TCP_DENIED") for line in lines), lines
+
+
+def test_deny_private_still_lets_the_proxy_serve_its_own_pages(make_proxy):
+    proxy = make_proxy(deny_private=True)
+    wire = f"GET /stats.json HTTP/1.1\r\nHost: {proxy.host}:{proxy.port}\r\n\r\n".encode()
+    assert _ask(proxy, wire)[0] == 200
