@@ -22,7 +22,9 @@ from support import read_response
 from test_robustness import WAIT, read_all, status_of, wait_for
 
 from proxy.config import Config
+from proxy.http11 import ProtocolError
 from proxy.policy import address_refusal, embedded_ipv4, is_globally_routable
+from proxy.target import parse_target
 
 
 def _access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -149,3 +151,73 @@ def test_deny_private_still_lets_the_proxy_serve_its_own_pages(make_proxy):
     proxy = make_proxy(deny_private=True)
     wire = f"GET /stats.json HTTP/1.1\r\nHost: {proxy.host}:{proxy.port}\r\n\r\n".encode()
     assert _ask(proxy, wire)[0] == 200
+
+
+# -- 6. an authority with two colons is a 400 from the target parser, never a 500 ------------
+
+BAD_AUTHORITIES = [
+    "127.0.0.1:80:80",
+    "example.com:80:80",
+    "::1",  # an IPv6 literal needs brackets
+    "[::1]:80:80",
+    "[fe80::1%25eth0]",
+    "[v1.future]",
+    "example.com:",
+    "example.com:+80",
+    "example.com:0",
+    "example.com:65536",
+    "example.com:000000080",
+    ".",
+    "a..b",
+    ".example.com",
+    "x" * 64 + ".example.com",  # a label longer than 63
+    ("a" * 63 + ".") * 4 + "com",  # a name longer than 253
+    "2130706433",  # 127.0.0.1 to inet_aton
+    "0x7f.1",
+    "0177.0.0.1",
+    "1.2.3.4.5",
+    "256.0.0.1",
+    "exa(mple).com",
+    "exa,mple.com",
+    "exa~mple.com",
+    "[::1",
+]
+
+
+@pytest.mark.parametrize("authority", BAD_AUTHORITIES)
+def test_target_parser_refuses_malformed_authorities(authority):
+    with pytest.raises(ProtocolError) as absolute:
+        parse_target("GET", f"http://{authority}/")
+    with pytest.raises(ProtocolError) as connect:
+        parse_target("CONNECT", authority)
+    assert absolute.value.status == connect.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("text", "host", "port"),
+    [
+        ("http://Example.COM./x", "example.com", 80),
+        ("http://127.0.0.1:8080/", "127.0.0.1", 8080),
+        ("http://[::1]:81/", "::1", 81),
+        ("http://[0:0::1]/", "::1", 80),
+        ("http://_srv.example-1.com/", "_srv.example-1.com", 80),
+        ("http://host?q", "host", 80),
+    ],
+)
+def test_target_parser_accepts_and_normalises_hosts(text, host, port):
+    target = parse_target("GET", text)
+    assert (target.host, target.port) == (host, port)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_two_colons_in_an_authority_get_400_not_500(make_proxy, caplog, cache):
+    caplog.set_level(logging.INFO)
+    proxy = make_proxy(cache_enabled=cache)  # the empty blocklist of the fixture: the default
+    for wire in (
+        b"GET http://127.0.0.1:80:80/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"CONNECT 127.0.0.1:80:80 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+        b"GET http://2130706433/ HTTP/1.1\r\nHost: 2130706433\r\n\r\n",
+    ):
+        status, _headers, body = _ask(proxy, wire)
+        assert status == 400, body
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
