@@ -19,12 +19,14 @@ import time
 
 import pytest
 from support import read_response
-from test_robustness import WAIT, read_all, status_of, wait_for
+from test_robustness import WAIT, canned, raw_origin, read_all, status_of, wait_for
 
 from proxy.config import Config
 from proxy.http11 import ProtocolError
 from proxy.policy import address_refusal, embedded_ipv4, is_globally_routable
 from proxy.target import parse_target
+
+__all__ = ["raw_origin"]  # a fixture, used by name
 
 
 def _access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -221,3 +223,44 @@ def test_two_colons_in_an_authority_get_400_not_500(make_proxy, caplog, cache):
         status, _headers, body = _ask(proxy, wire)
         assert status == 400, body
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+# -- 9. identical Content-Length fields are forwarded as one, both ways ----------------------
+
+
+def _content_lengths(head: bytes) -> list[bytes]:
+    lines = head.split(b"\r\n")[1:]
+    return [line for line in lines if line.lower().startswith(b"content-length:")]
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [["5", "5"], ["5, 5"], ["5", "5, 5", "5"]],
+    ids=["two-fields", "one-list", "fields-and-list"],
+)
+def test_identical_content_lengths_reach_the_origin_as_one(make_proxy, raw_origin, lengths):
+    origin = raw_origin(canned(b"HTTP/1.1 204 No Content\r\n\r\n"))
+    proxy = make_proxy()
+    fields = "".join(f"Content-Length: {value}\r\n" for value in lengths)
+    url = f"http://origin.test:{origin.port}/upload"
+    wire = f"POST {url} HTTP/1.1\r\nHost: origin.test\r\n{fields}\r\nhello".encode()
+    assert _ask(proxy, wire)[0] == 204
+    assert len(origin.heads) == 1
+    assert _content_lengths(origin.heads[0]) == [b"Content-Length: 5"]
+
+
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("lengths", [["5", "5"], ["5, 5"]], ids=["two-fields", "one-list"])
+def test_identical_content_lengths_reach_the_client_as_one(make_proxy, raw_origin, cache, lengths):
+    fields = "".join(f"Content-Length: {value}\r\n" for value in lengths).encode()
+    origin = raw_origin(canned(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\nhello"))
+    proxy = make_proxy(cache_enabled=cache)
+    with proxy.connect() as sock:
+        sock.sendall(
+            f"GET http://origin.test:{origin.port}/x HTTP/1.1\r\nHost: origin.test\r\n"
+            "Connection: close\r\n\r\n".encode()
+        )
+        data, how = read_all(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert status_of(data) == 200 and body == b"hello" and how == "eof"
+    assert _content_lengths(head) == [b"Content-Length: 5"]
