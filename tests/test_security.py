@@ -13,6 +13,7 @@ marker is removed on purpose rather than forgotten.
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 import socket
 import time
@@ -264,3 +265,89 @@ def test_identical_content_lengths_reach_the_client_as_one(make_proxy, raw_origi
     head, _, body = data.partition(b"\r\n\r\n")
     assert status_of(data) == 200 and body == b"hello" and how == "eof"
     assert _content_lengths(head) == [b"Content-Length: 5"]
+
+
+# -- 10 and 11. a refused blocklist reload is visible; an invalid line is quoted briefly ------
+
+
+def _stats(proxy) -> dict:
+    wire = f"GET /stats.json HTTP/1.1\r\nHost: {proxy.host}:{proxy.port}\r\n\r\n".encode()
+    status, _headers, body = _ask(proxy, wire)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def _replace_file(path, data: bytes) -> None:
+    """Save as editors do (write a temporary file, rename it over): the watcher sees one event."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def _last_reload(proxy, predicate) -> dict:
+    found: list[dict] = []
+
+    def seen() -> bool:
+        reload = _stats(proxy)["blocklist"]["last_reload"]
+        found[:] = [reload]
+        return bool(reload) and predicate(reload)
+
+    assert wait_for(seen), found
+    return found[0]
+
+
+@pytest.fixture
+def watched_proxy(make_proxy, tmp_path):
+    (tmp_path / "blacklist.txt").write_text("ads.example\ntracker.example\n")
+    proxy = make_proxy(watch_blacklist=True)
+    assert _stats(proxy)["blocklist"]["rules"] == 2
+    return proxy, tmp_path / "blacklist.txt"
+
+
+@pytest.mark.parametrize("fault", ["not-utf-8", "deleted"])
+def test_refused_reload_shows_in_stats_json(watched_proxy, fault):
+    proxy, path = watched_proxy
+    if fault == "deleted":
+        path.unlink()
+        reason = "the file is missing"
+    else:
+        _replace_file(path, b"ads.example\nb\xe9d.example\n")
+        reason = "line 2 is not UTF-8 (byte 0xe9 at column 2)"
+    reload = _last_reload(proxy, lambda r: r["ok"] is False)
+    assert reason in reload["message"]
+    assert reload["rules"] == 2  # the last good list is still the one in force
+    assert _stats(proxy)["blocklist"]["rules"] == 2
+    wire = b"GET http://ads.example/x HTTP/1.1\r\nHost: ads.example\r\n\r\n"
+    assert _ask(proxy, wire)[0] == 403
+    _replace_file(path, b"ads.example\n")  # fixed: the next success replaces the failure
+    reload = _last_reload(proxy, lambda r: r["ok"] is True)
+    assert reload["rules"] == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs the session wiring: app.ProxyContext.set_blocklist must copy"
+    " ReloadReport.reason and .rejected into /stats.json's blocklist.last_reload",
+)
+def test_stats_json_shows_the_reason_and_the_rejected_lines(watched_proxy):
+    proxy, path = watched_proxy
+    _replace_file(path, b"ads.example\nbad rule one\nbad rule two\n")
+    reload = _last_reload(proxy, lambda r: r["rules"] == 1)
+    assert (reload["ok"], reload["reason"], reload["rejected"]) == (True, "", 2)
+    _replace_file(path, b"ads.example\n\xff\n\xfe\n\xfd\n")
+    reload = _last_reload(proxy, lambda r: r["ok"] is False)
+    assert reload["reason"] == "line 2 is not UTF-8 (byte 0xff at column 1)"
+    assert reload["rejected"] == 3
+
+
+def test_a_huge_invalid_blocklist_line_is_logged_as_a_short_prefix(watched_proxy, caplog):
+    proxy, path = watched_proxy
+    caplog.set_level(logging.INFO)
+    _replace_file(path, b"ads.example\n" + b"y" * 1_000_000 + b"\n" + b"bad rule\n")
+    _last_reload(proxy, lambda r: r["rules"] == 1)
+    assert wait_for(
+        lambda: any("invalid rule 'bad rule'" in r.getMessage() for r in caplog.records)
+    )
+    longest = max(len(r.getMessage()) for r in caplog.records)
+    assert longest < 600, f"a log line of {longest} characters"
+    assert any("(1000000 characters)" in r.getMessage() for r in caplog.records)

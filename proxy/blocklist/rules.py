@@ -37,6 +37,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -48,6 +49,8 @@ _ESCAPE = re.compile(r"%[0-9a-fA-F]{2}")
 _UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _COMMENT = re.compile(r"\s#")
 _IPv6 = ipaddress.IPv6Address
+# A compiled rule: ("net", network) or ("host", mode, host, port, path); see _compile.
+_Spec = tuple[Any, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +137,7 @@ def _normalize_path(path: str) -> str:
     return head + q + query
 
 
-def _compile(text: str) -> tuple[str, tuple]:
+def _compile(text: str) -> tuple[str, _Spec]:
     """Parse one stripped rule: return (canonical text, spec) or raise ValueError.
 
     spec is ``("net", network)`` or ``("host", mode, host, port, path)``.
@@ -209,6 +212,23 @@ def canonical_rule(text: str) -> str:
     return _compile(text.strip())[0]
 
 
+MAX_MESSAGE = 160
+"""Longest :attr:`ParseError.message`: some reasons quote the rule, and a rule can be huge."""
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """``repr`` of *text*, cut after *limit* characters with the full length noted.
+
+    What a log line or a message quotes from a rule: a 1 MB line must not make a 1 MB log line.
+
+    >>> excerpt("x" * 100, 5)
+    "'xxxxx'... (100 characters)"
+    """
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def _strip_comment(line: str) -> str:
     """Remove a whole-line ``#`` comment or a trailing `` #`` comment and blanks."""
     if "#" in line:
@@ -241,7 +261,7 @@ class Blocklist:
 
     def __init__(
         self,
-        items: Iterable[tuple[Rule, str, tuple]] = (),
+        items: Iterable[tuple[Rule, str, _Spec]] = (),
         errors: Iterable[ParseError] = (),
     ) -> None:
         """Index already compiled *items*; use :func:`parse` instead of calling this."""
@@ -364,8 +384,12 @@ def _host_of(netloc: str) -> str:
 
 
 def parse(text: str) -> Blocklist:
-    """Parse the blocklist *text*; invalid lines are skipped and listed in ``errors``."""
-    items: list[tuple[Rule, str, tuple]] = []
+    """Parse the blocklist *text*; invalid lines are skipped and listed in ``errors``.
+
+    Each :class:`ParseError` keeps its line whole, and a message of at most
+    :data:`MAX_MESSAGE` characters; quote the line with :func:`excerpt`.
+    """
+    items: list[tuple[Rule, str, _Spec]] = []
     errors: list[ParseError] = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = _strip_comment(raw)
@@ -374,7 +398,10 @@ def parse(text: str) -> Blocklist:
         try:
             key, spec = _compile(line)
         except ValueError as exc:
-            errors.append(ParseError(number, line, (str(exc) or "invalid rule").splitlines()[0]))
+            message = (str(exc) or "invalid rule").splitlines()[0]
+            if len(message) > MAX_MESSAGE:
+                message = message[: MAX_MESSAGE - 3] + "..."
+            errors.append(ParseError(number, line, message))
             continue
         items.append((Rule(line, number), key, spec))
     return Blocklist(items, errors)
