@@ -20,6 +20,7 @@ would accept those), and a bounded size line, since extensions are otherwise unb
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from .errors import ProtocolError
 from .events import Data, EndOfMessage
@@ -115,7 +116,7 @@ class ChunkedReader(BodyReader):
 
     # Each step returns an event, None (need more) or True (go on with the next step).
 
-    def _size_line(self, buf: ReceiveBuffer) -> Data | EndOfMessage | None | bool:
+    def _size_line(self, buf: ReceiveBuffer) -> Data | EndOfMessage | None | Literal[True]:
         end = buf.find_line_end()
         if end < 0:
             size = len(buf)
@@ -150,7 +151,7 @@ class ChunkedReader(BodyReader):
             self._step = self._data_end
         return Data(data)
 
-    def _data_end(self, buf: ReceiveBuffer) -> bool | None:
+    def _data_end(self, buf: ReceiveBuffer) -> Literal[True] | None:
         if len(buf) and buf.byte_at(0) != _CR:
             raise ProtocolError("chunk data not followed by CRLF", self._status)
         if len(buf) < 2:
