@@ -88,6 +88,16 @@ class _Parser:
         """How many received bytes are buffered, not yet handed out as events."""
         return self._buf.size
 
+    @property
+    def head_in_progress(self) -> bool:
+        """Whether part of a head has arrived but not all of it.
+
+        The bytes may still be buffered, or already consumed: complete field lines are read
+        into the head as they arrive, so a head that stops at a line end leaves nothing
+        buffered (``buffered == 0``) and is still unfinished. A head deadline must use this.
+        """
+        return self._state is _HEAD and (self._buf.size > 0 or self._head.started)
+
     def take_trailing_data(self) -> bytes:
         """Remove and return every buffered byte that was not parsed.
 
