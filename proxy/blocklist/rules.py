@@ -216,19 +216,6 @@ MAX_MESSAGE = 160
 """Longest :attr:`ParseError.message`: some reasons quote the rule, and a rule can be huge."""
 
 
-def excerpt(text: str, limit: int = 60) -> str:
-    """``repr`` of *text*, cut after *limit* characters with the full length noted.
-
-    What a log line or a message quotes from a rule: a 1 MB line must not make a 1 MB log line.
-
-    >>> excerpt("x" * 100, 5)
-    "'xxxxx'... (100 characters)"
-    """
-    if len(text) <= limit:
-        return repr(text)
-    return f"{text[:limit]!r}... ({len(text)} characters)"
-
-
 def _strip_comment(line: str) -> str:
     """Remove a whole-line ``#`` comment or a trailing `` #`` comment and blanks."""
     if "#" in line:
@@ -387,7 +374,7 @@ def parse(text: str) -> Blocklist:
     """Parse the blocklist *text*; invalid lines are skipped and listed in ``errors``.
 
     Each :class:`ParseError` keeps its line whole, and a message of at most
-    :data:`MAX_MESSAGE` characters; quote the line with :func:`excerpt`.
+    :data:`MAX_MESSAGE` characters (quote the line with :func:`proxy.blocklist.watch.excerpt`).
     """
     items: list[tuple[Rule, str, _Spec]] = []
     errors: list[ParseError] = []

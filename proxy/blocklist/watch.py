@@ -27,7 +27,7 @@ not delivered, except after :meth:`BlocklistWatcher.reload_now`.
 Invalid lines are not a failure: they are skipped, counted in
 :attr:`ReloadReport.rejected` and listed in :attr:`ReloadReport.errors`.  They are
 logged one by one, the first :data:`LOGGED_ERRORS` of them, each quoting at most a
-short prefix of the line (:func:`~proxy.blocklist.rules.excerpt`): the file is
+short prefix of the line (:func:`excerpt`): the file is
 written by people and scripts, and a 1 MB line or a million bad ones must not turn
 every reload into megabytes of log.  If inotify cannot start (for example ``OSError``
 for too many watches) the watcher falls back to watchdog's polling observer.
@@ -56,7 +56,7 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from .rules import EMPTY, Blocklist, ParseError, excerpt, parse
+from .rules import EMPTY, Blocklist, ParseError, parse
 
 log = logging.getLogger("proxy.blocklist.watch")
 
@@ -96,6 +96,19 @@ class ReloadReport:
     at: float
     reason: str = ""
     rejected: int = 0
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """``repr`` of *text*, cut after *limit* characters with the full length noted.
+
+    What a log line quotes from a rule: a 1 MB line must not make a 1 MB log line.
+
+    >>> excerpt("x" * 100, 5)
+    "'xxxxx'... (100 characters)"
+    """
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class _Handler(FileSystemEventHandler):
