@@ -54,6 +54,18 @@ VALID = [
         [resp(304, "Not Modified", [CL5, ("Content-Length", "6")]), EOM, CLOSED],
     ),
     (
+        "framing fields of a 1xx frame nothing and are dropped",
+        ["GET", "GET"],
+        b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nContent-Length: 3\r\n"
+        b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        [
+            resp(103, "Early Hints", [("Link", "</a>")]),
+            resp(101, "Switching Protocols", [("Upgrade", "x")]),
+            PAUSED,
+        ],
+    ),
+    (
         "200 with Content-Length",
         ["GET"],
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",

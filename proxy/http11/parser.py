@@ -19,7 +19,8 @@ tunnel) and after the body of a request that asks to ``Upgrade`` (RFC 9110 secti
 ``resume()`` says the origin refused. A response parser pauses after a ``101`` and after a
 ``2xx`` to ``CONNECT``. It needs to know the request method (``expect``): a response to
 ``HEAD`` has no body whatever its head says (RFC 9112 section 6.3, rule 1). Interim ``1xx``
-responses (section 4, RFC 9110 section 15.2) are handed out and then the next head is read.
+responses (section 4, RFC 9110 section 15.2) are handed out and then the next head is read;
+a ``1xx`` loses any ``Content-Length`` or ``Transfer-Encoding`` field, since it frames nothing.
 
 Every error is a :class:`~proxy.http11.errors.ProtocolError`, whatever the input: requests
 answer 400 (or 414, 431, 501, 505), responses 502.
@@ -225,6 +226,12 @@ class ResponseParser(_Parser):
         )
         if not self._methods:
             raise ProtocolError("response received with no request outstanding", 502)
+        if status < 200:
+            # A 1xx has no body (RFC 9112 section 6.3 rule 1), and a server must not send
+            # Content-Length or Transfer-Encoding in one (RFC 9110 8.6, RFC 9112 6.1): fields
+            # that frame nothing are dropped, not passed on for a client to misread.
+            headers.remove("content-length")
+            headers.remove("transfer-encoding")
         if status < 200 and status != 101:
             return response  # interim response: the final one follows
         method = self._methods.popleft()
