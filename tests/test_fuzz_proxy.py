@@ -179,7 +179,16 @@ class Case:
     answers: dict[int, Answer] = field(default_factory=dict)
 
 
-def _body(rng: random.Random) -> bytes:
+# Messages hidden in bodies: if one is ever parsed as a message, framing was lost somewhere.
+SMUGGLED_REQUEST = (
+    "GET http://origin.test:{port}/smuggled/{case} HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+)
+SMUGGLED_RESPONSE = b"HTTP/1.1 200 OK\r\nX-Smuggled: 1\r\nContent-Length: 0\r\n\r\n"
+
+
+def _body(rng: random.Random, hidden: bytes = b"") -> bytes:
+    if hidden and rng.random() < 0.15:
+        return rng.choice([b"", b"0\r\n\r\n", b"\r\n"]) + hidden
     size = rng.choice([0, 0, 1, 5, 100, 3000, rng.randrange(200_000)])
     return rng.randbytes(size) if rng.random() < 0.3 else b"b" * size
 
@@ -260,7 +269,9 @@ def _request(rng: random.Random, case: int, index: int, origin: int, proxy: int)
     if rng.random() < 0.1:
         chosen.append(rng.choice(BAD_REQUEST_FIELDS))
     fields += [f.encode("latin-1") for f in chosen]
-    body = _body(rng) if method in ("POST", "PUT", "PATCH") or rng.random() < 0.1 else b""
+    hidden = SMUGGLED_REQUEST.format(port=origin, case=case).encode()
+    wants_body = method in ("POST", "PUT", "PATCH") or rng.random() < 0.1
+    body = _body(rng, hidden) if wants_body else b""
     fields, body = _framed(rng, fields, body) if body or rng.random() < 0.3 else (fields, b"")
     rng.shuffle(fields)
     line = f"{method} {target} {version}".encode("latin-1")
@@ -270,8 +281,13 @@ def _request(rng: random.Random, case: int, index: int, origin: int, proxy: int)
 def _answer(rng: random.Random) -> Answer:
     status = rng.choice(STATUS_LINES)
     fields = rng.sample(RESPONSE_FIELDS, rng.choice([0, 0, 1, 2, 3]))
-    body = _body(rng)
+    # A response hidden in a body that its head frames exactly: were it bodiless (a 204, an
+    # answer to HEAD), the hidden bytes would be a second response, unsolicited but valid.
+    framed = status == b"HTTP/1.1 200 OK" and not any(b"Transfer-Encoding" in f for f in fields)
+    body = _body(rng, SMUGGLED_RESPONSE if framed else b"")
     fields, body = _framed(rng, list(fields), body)
+    if b"X-Smuggled" in body and b"Content-Length: %d" % len(body) not in fields:
+        body = body.replace(b"X-Smuggled", b"X-Harmless")  # not framed exactly: a plain body
     wire = status + b"\r\n" + b"".join(f + b"\r\n" for f in fields) + b"\r\n" + body
     if rng.random() < 0.15:
         wire = _mutate(rng, wire)
@@ -323,9 +339,17 @@ class ScriptedOrigin:
         except (IndexError, KeyError, ValueError):
             return Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "keep", 1)
 
+    def _sent_as_a_request(self, request: Request) -> bool:
+        """Whether the client's own bytes, parsed as the proxy must, hold this request."""
+        case = self.cases.get(int(request.target.rpartition("/")[2]))
+        seen = _requests_seen_by_the_proxy(case.wire) if case is not None else []
+        return any(s.target.endswith(request.target) for s in seen)
+
     def _check_head(self, request: Request) -> None:
         headers = request.headers
         trouble = []
+        if request.target.startswith("/smuggled/") and not self._sent_as_a_request(request):
+            trouble.append("a request smuggled in a body")
         if headers.count("content-length") > 1:
             trouble.append("two Content-Length fields")
         if headers.count("host") != 1:
@@ -412,6 +436,7 @@ class Seen:
 
     method: str
     upgrades: frozenset[str] = frozenset()
+    target: str = ""
 
 
 def _requests_seen_by_the_proxy(wire: bytes) -> list[Seen]:
@@ -427,7 +452,8 @@ def _requests_seen_by_the_proxy(wire: bytes) -> list[Seen]:
         if isinstance(event, Request):
             asked = "upgrade" in event.connection
             protocols = event.headers.get_list("upgrade") if asked else []
-            seen.append(Seen(event.method, frozenset(p.lower() for p in protocols)))
+            upgrades = frozenset(p.lower() for p in protocols)
+            seen.append(Seen(event.method, upgrades, event.target))
         elif event is PAUSED:
             if seen and seen[-1].method == "CONNECT":
                 break
@@ -474,6 +500,8 @@ def _check_answers(case: Case, received: bytes, how: str) -> list[str]:
                     if name in h and not (name == "proxy-authenticate" and event.status == 407):
                         kind = "n interim" if event.status < 200 else " final"
                         problems.append(f"hop-by-hop in a{kind} response: {name}")
+                if "x-smuggled" in h:
+                    problems.append("a response smuggled in a body reached the client")
                 if event.status == 101:
                     offered = {p.lower() for p in h.get_list("upgrade")}
                     asked = requests[min(answered, len(requests) - 1)].upgrades
