@@ -23,11 +23,11 @@ so that whoever floods pays, not the people queueing behind them:
   and bad verdicts live in separate caches: a flood of wrong passwords evicts only other
   wrong passwords, never the cached right one of a user already in.
 * **A budget per client address.** Each address (an IPv6 client: its ``/64``, which one
-  host usually holds whole) may spend :attr:`Authenticator.client_budget` seconds of
+  host usually holds whole) may spend ``Authenticator.client_budget`` seconds of
   hashing per second of wall clock. Beyond it, its unknown credentials get a 407 without
   being hashed. The account is kept as a debt that drains at that rate, so a flooding client
   is slowed to the rate and no further, and is forgiven as soon as it stops.
-* **A budget per user name**, :attr:`Authenticator.user_budget`, for guesses at one account
+* **A budget per user name**, ``Authenticator.user_budget``, for guesses at one account
   from many addresses. It binds only clients that failed in the last
   :data:`FAILURE_MEMORY` seconds: a genuine first login from a clean address is not slowed
   by somebody else guessing the same user's password.

@@ -116,7 +116,7 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
 def is_globally_routable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether *ip* is a unicast address reachable on the public internet.
 
-    :attr:`ipaddress.IPv4Address.is_global` is the base, corrected where it errs: it says
+    ``ipaddress``'s ``is_global`` is the base, corrected where it errs: it says
     yes to multicast, to 6to4 and NAT64 addresses of loopback or private hosts, to the
     deprecated IPv4-compatible ``::a.b.c.d`` and site-local ``fec0::/10`` forms, to the
     local-use NAT64 prefix ``64:ff9b:1::/48`` and to documentation prefixes younger than the

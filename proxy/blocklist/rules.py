@@ -213,7 +213,7 @@ def canonical_rule(text: str) -> str:
 
 
 MAX_MESSAGE = 160
-"""Longest :attr:`ParseError.message`: some reasons quote the rule, and a rule can be huge."""
+"""Longest ``ParseError.message``: some reasons quote the rule, and a rule can be huge."""
 
 
 def _strip_comment(line: str) -> str:
@@ -374,7 +374,7 @@ def parse(text: str) -> Blocklist:
     """Parse the blocklist *text*; invalid lines are skipped and listed in ``errors``.
 
     Each :class:`ParseError` keeps its line whole, and a message of at most
-    :data:`MAX_MESSAGE` characters (quote the line with :func:`proxy.blocklist.watch.excerpt`).
+    ``MAX_MESSAGE`` characters (quote the line with :func:`proxy.blocklist.watch.excerpt`).
     """
     items: list[tuple[Rule, str, _Spec]] = []
     errors: list[ParseError] = []

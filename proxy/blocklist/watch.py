@@ -1,4 +1,4 @@
-"""Hot reload of ``blacklist.txt``: watchdog events in, new :class:`Blocklist` snapshots out.
+"""Hot reload of ``blacklist.txt``: watchdog events in, new blocklist snapshots out.
 
 Theory of operation
 -------------------
@@ -20,12 +20,12 @@ Two threads do the work, and neither touches proxy state:
 the snapshot with ``reactor.call_soon_threadsafe``, so the swap is one reference
 assignment on the loop.  A missing, unreadable or undecodable file keeps the last
 good list, and that is delivered too, with a failed report (``ok=False``, its
-:attr:`~ReloadReport.reason`): whoever shows the last reload must show the refusal,
+``reason``): whoever shows the last reload must show the refusal,
 not go on showing the success before it.  A save that leaves the bytes unchanged is
 not delivered, except after :meth:`BlocklistWatcher.reload_now`.
 
 Invalid lines are not a failure: they are skipped, counted in
-:attr:`ReloadReport.rejected` and listed in :attr:`ReloadReport.errors`.  They are
+``ReloadReport.rejected`` and listed in :attr:`ReloadReport.errors`.  They are
 logged one by one, the first :data:`LOGGED_ERRORS` of them, each quoting at most a
 short prefix of the line (:func:`excerpt`): the file is
 written by people and scripts, and a 1 MB line or a million bad ones must not turn
@@ -56,7 +56,8 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from .rules import EMPTY, Blocklist, ParseError, parse
+from . import rules
+from .rules import EMPTY, ParseError, parse
 
 log = logging.getLogger("proxy.blocklist.watch")
 
@@ -127,7 +128,9 @@ class _Handler(FileSystemEventHandler):
 
 
 class BlocklistWatcher:
-    """Watch one blocklist file and deliver a fresh :class:`Blocklist` on every change.
+    """Watch one blocklist file and deliver a fresh blocklist on every change.
+
+    Each is an immutable :class:`~proxy.blocklist.rules.Blocklist`.
 
     :param path: the blocklist file (its folder must exist).
     :param deliver: called as ``deliver(blocklist, report)`` *from the worker thread*.
@@ -138,7 +141,7 @@ class BlocklistWatcher:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        deliver: Callable[[Blocklist, ReloadReport], None],
+        deliver: Callable[[rules.Blocklist, ReloadReport], None],
         *,
         debounce: float = 0.05,
         use_polling: bool = False,
@@ -152,7 +155,7 @@ class BlocklistWatcher:
         self._cond = threading.Condition()
         self._first = self._last = 0.0  # monotonic times of the burst's events
         self._pending = self._forced = self._stopping = False
-        self._current: Blocklist = EMPTY
+        self._current: rules.Blocklist = EMPTY
         self._keys: frozenset[str] = frozenset()
         self._digest: bytes | None = None  # hash of the bytes last parsed; None: missing
         self._observer: BaseObserver | None = None
@@ -167,10 +170,10 @@ class BlocklistWatcher:
             return ""
         return "polling" if isinstance(self._observer, PollingObserver) else "native"
 
-    def start(self) -> Blocklist:
+    def start(self) -> rules.Blocklist:
         """Load the file now, start the observer and worker threads, return the list.
 
-        A missing or unreadable file gives :data:`~proxy.blocklist.EMPTY` and a warning.
+        A missing or unreadable file gives :data:`~proxy.blocklist.rules.EMPTY` and a warning.
 
         :raises OSError: if the folder cannot be watched at all.
         """
