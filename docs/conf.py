@@ -66,7 +66,7 @@ nitpick_ignore_regex = [
     (
         "py:(func|meth|mod|data|obj|exc)",
         r"(hmac|hashlib|base64|getpass|heapq|selectors|socket|os|fcntl|time|threading|argparse"
-        r"|email\.utils|collections|dataclasses|inspect|ast|signal)(\..*)?",
+        r"|email\.utils|collections|dataclasses|inspect|ast|signal|tomllib|logging|json)(\..*)?",
     ),
 ]
 

@@ -34,6 +34,7 @@ from .config import (
     raise_fd_limit,
 )
 from .configfile import ConfigFileError, ConfigSource, dump
+from .sharedmetrics import SharedMetrics
 
 if TYPE_CHECKING:
     from .app import ProxyServer
@@ -390,8 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     if config.workers > 1:
         if config.port == 0:
             parser.error("--workers needs a fixed --port: each worker binds it with SO_REUSEPORT")
-        return _run_workers(config)
-    return _serve(config)
+        return _run_workers(config, source)
+    return _serve(config, source)
 
 
 def _say(line: str) -> None:
@@ -401,15 +402,24 @@ def _say(line: str) -> None:
     sys.stderr.flush()
 
 
-def _serve(config: Config, worker: int | None = None, lifeline: int | None = None) -> int:
+def _serve(
+    config: Config,
+    source: ConfigSource | None = None,
+    worker: int | None = None,
+    lifeline: int | None = None,
+    shared: SharedMetrics | None = None,
+) -> int:
     from .app import ProxyServer
 
-    server = ProxyServer(config)
+    server = ProxyServer(config, config_source=source, shared_metrics=shared, worker=worker)
     who = f" worker {worker}" if worker is not None else ""
     try:
         server.start()
     except OSError as exc:
-        _say(f"proxy{who}: cannot listen on {config.host}:{config.port}: {exc.strerror}")
+        if server.access_log is None and config.access_log not in ("none", "-", "stderr"):
+            _say(f"proxy{who}: cannot open the access log {config.access_log}: {exc.strerror}")
+        else:
+            _say(f"proxy{who}: cannot listen on {config.host}:{config.port}: {exc.strerror}")
         return 1
     server.install_signal_handlers()
     if lifeline is not None:
@@ -437,7 +447,7 @@ def _stop_with_parent(server: ProxyServer, lifeline: int) -> None:
     server.reactor.add_reader(lifeline, parent_gone)
 
 
-def _run_workers(config: Config) -> int:
+def _run_workers(config: Config, source: ConfigSource | None = None) -> int:
     """Fork one single-threaded reactor per worker; the kernel spreads connections over them.
 
     Only the parent holds the write end of a pipe that each worker watches: when the parent
@@ -446,6 +456,8 @@ def _run_workers(config: Config) -> int:
     """
     children: list[int] = []
     lifeline, parent_end = os.pipe()
+    # Made before the fork, so every worker maps the same memory: /metrics sums their slots.
+    shared = SharedMetrics(config.workers)
     for worker in range(config.workers):
         pid = os.fork()
         if pid == 0:
@@ -456,7 +468,7 @@ def _run_workers(config: Config) -> int:
             os.setpgid(0, 0)
             code = 1
             try:
-                code = _serve(config, worker, lifeline)
+                code = _serve(config, source, worker, lifeline, shared)
             finally:
                 os._exit(code)
         children.append(pid)

@@ -21,6 +21,7 @@ second signal during the grace period aborts at once, as a user pressing Ctrl-C 
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import signal
@@ -31,12 +32,16 @@ from typing import Any
 from minireactor import Reactor, Resolver, Server, TimerHandle, Transport, listen, splice
 from minireactor.resolver import ResolverLike
 
-from .auth import Authenticator
+from .accesslog import FORMATS, AccessLog, Sink, open_access_log
+from .auth import Authenticator, AuthFileError
 from .auth import load as load_auth_file
 from .blocklist import EMPTY, Blocklist, parse
 from .blocklist.watch import BlocklistWatcher, ReloadReport
 from .config import Config
+from .configfile import ConfigReloader, ConfigSource, Reload
 from .http11 import Limits
+from .metrics import MetricsSnapshot
+from .metrics import render as render_metrics
 from .network import ReactorNetwork
 from .parent import Bypass, Route, parse_parent
 from .policy import RESERVED_HOST, PolicyStep
@@ -44,6 +49,7 @@ from .replies import error_page, simple_response
 from .session.cachestep import CacheStep
 from .session.client import ClientSession, SessionContext, TunnelKit
 from .session.local import LocalPages
+from .sharedmetrics import LocalMetrics, MetricsPublisher, MetricsSource, SharedMetrics
 from .stats import Stats
 from .tunnel import IdleSweep
 from .upstream import UpstreamPool
@@ -61,6 +67,10 @@ class ProxyServer:
         reactor: Reactor | None = None,
         resolver: ResolverLike | None = None,
         sock: socket.socket | None = None,
+        config_source: ConfigSource | None = None,
+        shared_metrics: SharedMetrics | None = None,
+        worker: int | None = None,
+        access_sink: Sink | None = None,
     ) -> None:
         self.config = config = config or Config()
         self._own_reactor = reactor is None
@@ -89,20 +99,36 @@ class ProxyServer:
         self.pipes: splice.PipePool | None = (
             splice.PipePool() if config.splice and splice.AVAILABLE else None
         )
-        # Read once at start-up (a blocking read is fine before the loop runs).
+        # Read at start-up (a blocking read is fine before the loop runs); SIGHUP re-reads it
+        # on a helper thread.
         self.auth: Authenticator | None = (
             load_auth_file(config.auth_file) if config.auth_file else None
         )
         self.cache_step = CacheStep(reactor, config) if config.cache_enabled else None
-        self.context = SessionContext(
-            scheduler=reactor,
+        self.network = ReactorNetwork(reactor, self.resolver)
+        self.tunnel_kit = TunnelKit(IdleSweep(reactor, config.idle_timeout), self.pipes)
+        self.context = self._build_context(config)
+        # Operating: the access log (opened at start), config reloads, metrics.
+        self._access_sink = access_sink
+        self.access_log: AccessLog | None = None
+        self._config_source = config_source
+        self._reloader: ConfigReloader | None = None
+        self._shared_metrics = shared_metrics
+        self._worker = worker
+        self._publisher: MetricsPublisher | None = None
+        self.metrics: MetricsSource = LocalMetrics(self.metrics_snapshot)
+
+    def _build_context(self, config: Config) -> SessionContext:
+        """What sessions share, from *config*: at start, and again after a config reload."""
+        return SessionContext(
+            scheduler=self.reactor,
             config=config,
             limits=Limits(
                 max_request_line=config.max_request_line,
                 max_header_bytes=config.max_header_bytes,
                 max_header_fields=config.max_header_fields,
             ),
-            network=ReactorNetwork(reactor, self.resolver),
+            network=self.network,
             host=self,
             policy=PolicyStep(
                 config,
@@ -113,12 +139,13 @@ class ProxyServer:
             ),
             pool=self.pool,
             stats=self.stats,
-            tunnels=TunnelKit(IdleSweep(reactor, config.idle_timeout), self.pipes),
+            tunnels=self.tunnel_kit,
             local=LocalPages(
                 self.stats_document,
                 lambda: self.own_addresses,
                 private=self.auth is not None,
                 admins=frozenset(config.admin_users),
+                metrics=self.metrics_text,
             ),
             cache=self.cache_step,
             route=Route(
@@ -164,11 +191,38 @@ class ProxyServer:
         doc["upstream_pool"] = {"idle": len(self.pool), "reuses": self.pool.reuses}
         return doc
 
+    def metrics_snapshot(self) -> MetricsSnapshot:
+        """This process's numbers for ``/metrics``: the counters plus the cache step's."""
+        snapshot = self.stats.metrics()
+        step = self.cache_step
+        if step is None:
+            return snapshot
+        return dataclasses.replace(
+            snapshot,
+            cache_hits=step.hits,
+            cache_misses=step.misses,
+            cache_stale=step.revalidations,
+        )
+
+    def metrics_text(self) -> str:
+        """``/metrics`` in the Prometheus text format, summed over workers with ``--workers``."""
+        return render_metrics(self.metrics.current())
+
     # -- starting ------------------------------------------------------------------------------
 
     def start(self) -> ProxyServer:
-        """Bind, load the blocklist and start watching it; the loop is not run yet."""
+        """Open the access log, bind, load the blocklist and start watching it.
+
+        The loop is not run yet. :raises OSError: the access log or the port cannot be opened.
+        """
         config = self.config
+        self._open_access_log(config)
+        if self._shared_metrics is not None and self._worker is not None:
+            self._publisher = MetricsPublisher(
+                self._shared_metrics, self._worker, self.metrics_snapshot, self.reactor
+            )
+            self._publisher.start()
+            self.metrics = self._publisher
         if config.trace:
             trace_log = logging.getLogger("minireactor.trace")
             self.reactor.set_trace(lambda event, info: trace_log.debug("%s %s", event, info))
@@ -205,6 +259,10 @@ class ProxyServer:
         self.blocklist = blocklist
         self.stats.blocklist_rules = len(blocklist)
         if report is not None:
+            if report.ok:
+                self.stats.blocklist_reloads += 1
+            else:
+                self.stats.blocklist_reload_failures += 1
             self.stats.blocklist_reload = {
                 "at": report.at,
                 "ok": report.ok,
@@ -212,6 +270,8 @@ class ProxyServer:
                 "added": report.added,
                 "removed": report.removed,
                 "message": report.message,
+                "reason": report.reason,
+                "rejected": report.rejected,
             }
 
     def _blocklist_from_thread(self, blocklist: Blocklist, report: ReloadReport) -> None:
@@ -259,10 +319,99 @@ class ProxyServer:
         for name, action in (
             ("SIGINT", self._stop_signalled),
             ("SIGTERM", self._stop_signalled),
-            ("SIGHUP", self.reload_blocklist),
+            ("SIGHUP", self.reload),
+            ("SIGUSR1", self.reopen_access_log),
         ):
             if hasattr(signal, name):
                 self.reactor.add_signal_handler(getattr(signal, name), action)
+
+    # -- operating: reloads and the access log -------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the blocklist, the config file (if any) and the auth file."""
+        self.reload_blocklist()
+        if self._config_source is not None:
+            if self._reloader is None:
+                self._reloader = ConfigReloader(
+                    self._config_source, self.reactor, lambda: self.config, self.apply_reload
+                )
+            self._reloader.request()
+        elif self.config.auth_file:
+            self._reload_auth(self.config)
+
+    def apply_reload(self, result: Reload) -> None:
+        """Run with what a config reload read: new sessions, and every request from now on."""
+        level = logging.WARNING if result.error else logging.INFO
+        log.log(level, "%s", result.summary())
+        if result.error:
+            return
+        old, self.config = self.config, result.config
+        logging.getLogger().setLevel("DEBUG" if result.config.trace else result.config.log_level)
+        if (old.access_log, old.access_log_format) != (
+            result.config.access_log,
+            result.config.access_log_format,
+        ):
+            previous = self.access_log
+            try:
+                self._open_access_log(result.config)
+            except (OSError, KeyError) as exc:
+                log.warning(
+                    "access log: cannot open %r (%s); keeping the old one",
+                    result.config.access_log,
+                    exc,
+                )
+                self.access_log = previous
+                self.stats.access_log = previous
+            else:
+                if previous is not None:
+                    previous.close()
+        if result.config.auth_file:
+            self._reload_auth(result.config)
+        else:
+            self.auth = None
+            self._use_context()
+
+    def _reload_auth(self, config: Config) -> None:
+        # The auth file is read on a helper thread: the loop never reads a file.
+        path = config.auth_file
+        assert path is not None
+
+        def read() -> None:
+            try:
+                loaded: Authenticator | Exception = load_auth_file(path)
+            except (OSError, AuthFileError) as exc:
+                loaded = exc
+            self.reactor.call_soon_threadsafe(self._auth_loaded, loaded)
+
+        threading.Thread(target=read, name="proxy-auth-reload", daemon=True).start()
+
+    def _auth_loaded(self, loaded: Authenticator | Exception) -> None:
+        if isinstance(loaded, Exception):
+            log.warning("auth file not reloaded, the old users stay: %s", loaded)
+        else:
+            self.auth = loaded
+        self._use_context()
+
+    def _use_context(self) -> None:
+        """Rebuild what sessions share from the current config and hand it to every session."""
+        self.context = self._build_context(self.config)
+        for session in self.sessions:
+            session.use(self.context)
+
+    def _open_access_log(self, config: Config) -> None:
+        access_log: AccessLog | None
+        if self._access_sink is not None:  # a test or notebook collecting the lines
+            formatter = FORMATS[config.access_log_format]
+            access_log = AccessLog(self._access_sink, formatter, self.reactor)
+        else:
+            access_log = open_access_log(config.access_log, config.access_log_format, self.reactor)
+        self.access_log = access_log
+        self.stats.access_log = access_log
+
+    def reopen_access_log(self) -> None:
+        """SIGUSR1: reopen the access log file (after logrotate renamed it)."""
+        if self.access_log is not None:
+            self.access_log.reopen()
 
     def _stop_signalled(self) -> None:
         if not self.shutting_down:
@@ -326,6 +475,11 @@ class ProxyServer:
         self.reactor.call_soon(self.reactor.stop)
 
     def _release(self) -> None:
+        # The sessions are gone by now (aborted or closed), so their lines are all buffered.
+        if self._publisher is not None:
+            self._publisher.stop()
+        if self.access_log is not None:
+            self.access_log.close()
         if self.pipes is not None:
             self.pipes.close()
         if self.watcher is not None:

@@ -65,9 +65,12 @@ function show(d){
  set("hit",c.enabled?(100*c.hit_ratio).toFixed(1)+" %":"off");
  set("centries",c.enabled?c.entries+" entries, "+size(c.bytes)+" of "+size(c.max_bytes):"off");
  const r=d.blocklist.last_reload;
- set("reload",r&&r.at?(r.ok?"loaded ":"reload failed ")+new Date(r.at*1000)
-  .toLocaleTimeString()+": "+r.rules+" rules (+"+r.added+", -"+r.removed+") "+r.message:
-  d.blocklist.rules+(d.blocklist.rules===1?" rule":" rules"));
+ const n=d.blocklist.rules,rules=n+(n===1?" rule":" rules");
+ const rejected=r&&r.rejected?"; "+r.rejected+(r.rejected===1?" line":" lines")+" rejected":"";
+ set("reload",!(r&&r.at)?rules:r.ok?"loaded "+new Date(r.at*1000).toLocaleTimeString()+
+  ": "+r.rules+" rules (+"+r.added+", -"+r.removed+") "+r.message+rejected:
+  "reload failed "+new Date(r.at*1000).toLocaleTimeString()+": "+(r.reason||r.message)+
+  "; still using "+rules+rejected);
  let max=1;for(const v of Object.values(d.connections.by_state))max=Math.max(max,v);
  table("states",["state","connections",""],Object.entries(d.connections.by_state).map(
   ([k,v])=>({cells:["<code>"+k+"</code>",v,"<span class=bar style='width:"+(120*v/max)+

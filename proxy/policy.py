@@ -106,15 +106,16 @@ class PolicyStep:
         self._is_own_address = is_own_address
         self._own_names = own_names
 
-    def authenticate(self, request: Request) -> str | Refusal | None:
+    def authenticate(self, request: Request, client: str | None = None) -> str | Refusal | None:
         """The user *request* authenticates as, its 407, or None when no auth is configured.
 
         Authentication comes before every other rule: CONNECT and the proxy's own pages need
-        it too.
+        it too. *client* (the client's IP) gives each client its own hashing budget, so a
+        flood of wrong passwords slows only the client that sends it (:mod:`proxy.auth`).
         """
         if self.auth is None:
             return None
-        user = self.auth.user_for(request.headers)
+        user = self.auth.user_for(request.headers, client)
         if user is not None:
             return user
         given = "proxy-authorization" in request.headers
@@ -205,14 +206,69 @@ def target_refusal(
 
 
 def address_refusal(config: Config, addresses: list[Address]) -> str | None:
-    """With ``deny_private``, refuse targets that resolve to internal addresses."""
+    """With ``deny_private``, refuse targets with any resolved address not globally routable."""
     if not config.deny_private:
         return None
     for _family, sockaddr in addresses:
         ip = ipaddress.ip_address(sockaddr[0])
-        if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_unspecified:
-            return f"the target resolves to {ip}, an internal address this proxy refuses"
+        if not is_globally_routable(ip):
+            inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+            leads = f" (which leads to {inner})" if inner is not None else ""
+            return (
+                f"the target resolves to {ip}{leads}, an internal address"
+                " (not globally routable) this proxy refuses"
+            )
     return None
+
+
+# The IPv6 prefixes that carry an IPv4 address in their last 32 bits and deliver to it.
+_SIX_TO_FOUR = ipaddress.IPv6Network("2002::/16")  # RFC 3056: the IPv4 address is bits 16-47
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052 well-known prefix
+# Where `is_global` is too generous, whatever the Python version (it follows the IANA
+# registries as they were when the interpreter was released, and ignores multicast):
+_IPV6_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")  # RFC 4291: all else is special
+_IPV6_NOT_GLOBAL = (
+    ipaddress.IPv6Network("3fff::/20"),  # documentation (RFC 9637, 2024)
+    ipaddress.IPv6Network("2001:db8::/32"),  # documentation (RFC 3849)
+)
+_IPV4_NOT_GLOBAL = (
+    ipaddress.IPv4Network("192.0.0.0/24"),  # IETF protocol assignments (RFC 6890), e.g. DS-Lite
+    ipaddress.IPv4Network("100.64.0.0/10"),  # shared address space, cloud metadata (RFC 6598)
+)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv4-mapped, 6to4 or NAT64 (``64:ff9b::/96``) address leads to."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _SIX_TO_FOUR:
+        return ip.sixtofour
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return None
+
+
+def is_globally_routable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether *ip* is a unicast address reachable on the public internet.
+
+    ``ipaddress``'s ``is_global`` is the base, corrected where it errs: it says
+    yes to multicast, to 6to4 and NAT64 addresses of loopback or private hosts, to the
+    deprecated IPv4-compatible ``::a.b.c.d`` and site-local ``fec0::/10`` forms, to the
+    local-use NAT64 prefix ``64:ff9b:1::/48`` and to documentation prefixes younger than the
+    interpreter. So an IPv6 address must also lie in global unicast space (``2000::/3``),
+    and an address that embeds an IPv4 address is judged by that address.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        if inner is not None:
+            return is_globally_routable(inner)
+        if ip.scope_id is not None or ip not in _IPV6_GLOBAL_UNICAST:
+            return False
+        if any(ip in net for net in _IPV6_NOT_GLOBAL):
+            return False
+    elif any(ip in net for net in _IPV4_NOT_GLOBAL):
+        return False
+    return ip.is_global and not ip.is_multicast
 
 
 def max_forwards(request: Request) -> Request | LocalReply:

@@ -141,14 +141,19 @@ class SharedMetrics:
             sequence, length, crc = HEADER.unpack_from(self._map, start)
             if sequence == 0:
                 return None
-            if sequence % 2 or length > self.slot_size - HEADER.size:
+            # A header read while the writer rewrites it can pair the new sequence number with
+            # the intermediate zero length (and zero CRC, which is also the CRC of nothing).
+            if sequence % 2 or not 0 < length <= self.slot_size - HEADER.size:
                 continue
             payload = self._map[body : body + length]
             if HEADER.unpack_from(self._map, start)[0] != sequence:
                 continue
             if zlib.crc32(payload) != crc:
                 continue
-            snapshot = decode(payload)
+            try:
+                snapshot = decode(payload)
+            except (ValueError, KeyError, TypeError):  # torn past both checks: read again
+                continue
             self._last_good[slot] = snapshot
             return snapshot
         return self._last_good.get(slot)

@@ -1,63 +1,59 @@
-"""Counters, the access log, and the recent-requests table.
+"""Counters, the access log, the recent-requests table and the metrics, from one place.
 
 Theory of operation
 -------------------
-Observability must cost nothing on the hot path beyond integer increments: the relay loop adds
-byte counts, :meth:`Stats.moved` shifts one connection between state counters, and each finished
-request writes exactly one access-log line (never one per chunk). Everything else, rates and
-ratios, is derived when somebody asks (the status page, ``/stats.json``).
-
-The access-log line follows Squid's spirit with fixed fields separated by spaces::
-
-    127.0.0.1:53412 GET http://example.com/ 200 1520 12ms TCP_MISS
-
-client address, method, URL, status, bytes sent to the client (head and body), duration,
-result code.
+Observability must cost nothing on the hot path beyond integer increments: the relay adds byte
+counts, :meth:`Stats.moved` (an observer of every session's state machine) shifts one
+connection between state counters and counts the moves that are errors or tunnels, and each
+finished request comes here once, as one :class:`~proxy.accesslog.AccessRecord`, never once
+per chunk. :meth:`Stats.finished` hands the record to the access log (which formats its line
+and writes once per tick, :mod:`proxy.accesslog`), counts it by status, result, method and
+status class, and observes its duration. Everything else, rates, ratios and the metrics
+families, is derived when somebody asks (the status page, ``/stats.json``, ``/metrics``).
 """
 
 from __future__ import annotations
 
 import collections
-import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from .accesslog import AccessLog, AccessRecord
+from .metrics import Histogram, MetricsSnapshot, method_label, status_class
 from .session.states import INITIAL_STATE, SessionState, Trigger
 
-access_log = logging.getLogger("proxy.access")
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    """One finished request, as the access log and the status page show it."""
-
-    at: float
-    client: str
-    method: str
-    url: str
-    status: int
-    bytes_sent: int
-    duration: float
-    result: str
-    user: str | None = None
-    """The authenticated user (with ``--auth-file``), else None."""
-
-    def log_line(self) -> str:
-        """The access-log line for this request."""
-        return (
-            f"{self.client} {self.method} {self.url} {self.status} {self.bytes_sent} "
-            f"{self.duration * 1000:.0f}ms {self.result}"
-        )
+ERROR_TRIGGERS: frozenset[Trigger] = frozenset(
+    {
+        Trigger.BAD_REQUEST,
+        Trigger.HEAD_TIMEOUT,
+        Trigger.DENIED,
+        Trigger.RESOLVE_FAILED,
+        Trigger.DIAL_TIMEOUT,
+        Trigger.CONNECT_FAILED,
+        Trigger.UPSTREAM_FAILED,
+        Trigger.FIRST_BYTE_TIMEOUT,
+        Trigger.RELAY_STALLED,
+        Trigger.CLIENT_GONE,
+        Trigger.INTERNAL_ERROR,
+    }
+)
+"""The moves that are errors: ``/metrics`` counts them by kind, the trigger's name."""
 
 
 class Stats:
     """Live counters of one proxy instance (owned by the reactor thread)."""
 
-    def __init__(self, clock: Callable[[], float] = time.time, recent: int = 50) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        recent: int = 50,
+        access_log: AccessLog | None = None,
+    ) -> None:
         self.clock = clock
         self.started = clock()
+        self.access_log = access_log
+        """Where each finished request's line goes (None: no access log)."""
         self.states: collections.Counter[SessionState] = collections.Counter()
         self.connections_total = 0
         self.requests_total = 0
@@ -66,10 +62,16 @@ class Stats:
         self.bytes_to_clients = 0
         self.statuses: collections.Counter[int] = collections.Counter()
         self.results: collections.Counter[str] = collections.Counter()
-        self.recent: collections.deque[RequestRecord] = collections.deque(maxlen=recent)
+        self.by_method_class: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.durations = Histogram()
+        self.errors: collections.Counter[Trigger] = collections.Counter()
+        self.tunnels_total = 0
+        self.recent: collections.deque[AccessRecord] = collections.deque(maxlen=recent)
         self._rate_window: collections.deque[float] = collections.deque(maxlen=4096)
         self.blocklist_rules = 0
         self.blocklist_reload: dict[str, Any] = {}
+        self.blocklist_reloads = 0
+        self.blocklist_reload_failures = 0
 
     def opened(self) -> None:
         """A connection was accepted: it starts in the initial state."""
@@ -78,25 +80,54 @@ class Stats:
 
     def moved(self, old: SessionState, trigger: Trigger, new: SessionState) -> None:
         """A connection moved from *old* to *new* (a state machine observer)."""
-        self.states[old] -= 1
-        self.states[new] += 1
+        states = self.states
+        states[old] -= 1
+        states[new] += 1
+        if trigger in ERROR_TRIGGERS:
+            self.errors[trigger] += 1
+        elif new is SessionState.TUNNEL_OPEN:
+            self.tunnels_total += 1
 
-    def finished(self, record: RequestRecord) -> None:
-        """Count a finished request and write its access-log line.
+    def finished(self, record: AccessRecord) -> None:
+        """Count a finished request and hand it to the access log.
 
         Requests for the proxy's own pages are logged and counted apart (``local``): the
         dashboard polls every second and would otherwise fill the table with itself.
         """
-        if access_log.isEnabledFor(logging.INFO):  # formatting the line costs more than counting
-            access_log.info("%s", record.log_line())
+        if self.access_log is not None:
+            self.access_log.log(record)
         if record.result == "TCP_LOCAL":
             self.local_requests += 1
             return
         self.requests_total += 1
         self.statuses[record.status] += 1
         self.results[record.result] += 1
+        self.by_method_class[(method_label(record.method), status_class(record.status))] += 1
+        self.durations.observe(record.duration)
         self.recent.append(record)
         self._rate_window.append(record.at)
+
+    def metrics(self) -> MetricsSnapshot:
+        """This process's counters as ``/metrics`` families (the cache's are added by the
+        server, which owns the cache step)."""
+        return MetricsSnapshot(
+            requests=dict(self.by_method_class),
+            bytes_received=self.bytes_from_clients,
+            bytes_sent=self.bytes_to_clients,
+            connections_open={
+                state.name: n
+                for state, n in self.states.items()
+                if state is not SessionState.CLOSED and n
+            },
+            connections_total=self.connections_total,
+            tunnels_open=self.states.get(SessionState.TUNNEL_OPEN, 0),
+            tunnels_total=self.tunnels_total,
+            blocklist_rules=self.blocklist_rules,
+            blocklist_reloads=self.blocklist_reloads,
+            blocklist_reload_failures=self.blocklist_reload_failures,
+            errors={trigger.name.lower(): n for trigger, n in self.errors.items()},
+            request_duration=self.durations.snapshot(),
+        )
 
     def requests_per_second(self, window: float = 5.0) -> float:
         """Requests finished per second over the last *window* seconds."""
@@ -140,7 +171,7 @@ class Stats:
             "recent": [
                 {
                     "at": round(r.at, 3),
-                    "client": r.client,
+                    "client": _client_label(r),
                     "method": r.method,
                     "url": r.url.partition("?")[0],
                     "status": r.status,
@@ -151,3 +182,8 @@ class Stats:
                 for r in recent
             ],
         }
+
+
+def _client_label(record: AccessRecord) -> str:
+    ip = record.client_ip
+    return f"[{ip}]:{record.client_port}" if ":" in ip else f"{ip}:{record.client_port}"

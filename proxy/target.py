@@ -8,6 +8,13 @@ A client talking to a proxy names the whole URL in the request line (RFC 9112 se
 (``GET /a?b``) with the host in ``Host``. :func:`parse_target` splits the first two forms;
 :class:`Target` rebuilds the third.
 
+The host is checked here, once, and strictly, because every later layer trusts it: the
+blocklist, the cache key, the resolver and the ``Host`` field sent on. It must be a DNS name
+(labels of letters, digits, ``-`` and ``_``), a dotted-quad IPv4 address or a bracketed IPv6
+literal; the port, if any, one to five digits after a single colon. Anything else is a
+``400``: ``127.0.0.1:80:80``, a name ending in a numeric label that ``inet_aton`` would
+read as an address (``2130706433``), a zone in an IPv6 literal.
+
 Some fields describe one connection, not the message: ``Connection`` and every field it names,
 ``Keep-Alive``, ``Proxy-Connection``, ``Proxy-Authorization``, ``TE``, ``Trailer``, ``Upgrade``
 (RFC 9110 section 7.6.1). A proxy must remove them before forwarding, or the client's private
@@ -25,8 +32,15 @@ from .http11.errors import ProtocolError
 from .http11.headers import Headers
 
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80}
-# Controls, space and the characters that would end or reshape an authority.
-_BAD_HOST_CHAR = re.compile(r"[\x00-\x20/\\@?#%]")
+# A host name as DNS can carry it: letters, digits, hyphens and underscores in dot-separated
+# labels of 1 to 63 characters (RFC 1035 section 2.3.4, RFC 1123 section 2.1). Nothing else
+# ever resolves, so anything else is refused here rather than half-understood further on.
+_HOST_NAME = re.compile(r"[a-z0-9_-]{1,63}(?:\.[a-z0-9_-]{1,63})*")
+# A last label that looks numeric makes the name an IPv4 address to inet_aton and to URL
+# parsers (WHATWG URL "ends in a number"): 2130706433, 0x7f.1 and 0177.0.0.1 all mean
+# 127.0.0.1 to getaddrinfo while a blocklist reads them as names. Only dotted-quad passes.
+_NUMERIC_LABEL = re.compile(r"[0-9]+|0x[0-9a-f]*")
+MAX_HOST_NAME = 253
 
 HOP_BY_HOP = frozenset(
     {
@@ -76,30 +90,49 @@ def _split_host_port(authority: str, default_port: int | None) -> tuple[str, int
     if authority.startswith("["):
         end = authority.find("]")
         if end < 0:
-            raise ProtocolError(f"bad IPv6 literal in {authority!r}")
-        host, rest = authority[1:end], authority[end + 1 :]
+            raise ProtocolError(f"bad IPv6 literal in {authority[:300]!r}")
+        literal, rest = authority[1:end], authority[end + 1 :]
         try:
-            ipaddress.IPv6Address(host)
+            # A zone (fe80::1%25eth0) names an interface of the client's host, not ours.
+            host = str(ipaddress.IPv6Address(literal)) if "%" not in literal else ""
         except ValueError:
-            raise ProtocolError(f"bad IPv6 literal in {authority!r}") from None
+            host = ""
+        if not host:
+            raise ProtocolError(f"bad IPv6 literal in {authority[:300]!r}")
         port_text = rest[1:] if rest.startswith(":") else ("" if not rest else None)
     else:
-        host, sep, port_text = authority.rpartition(":")
+        host, sep, port_text = authority.partition(":")
         if not sep:
-            host, port_text = authority, ""
-    if port_text is None or (port_text and not port_text.isdigit()):
-        raise ProtocolError(f"bad port in {authority!r}")
+            port_text = ""
+        elif not port_text:
+            port_text = None  # "host:" with no port
+        host = _host_name(host, authority)
+    if port_text is None or (port_text and not (port_text.isascii() and port_text.isdigit())):
+        raise ProtocolError(f"bad port in {authority[:300]!r}")
     if port_text:
-        port = int(port_text)
+        port = int(port_text) if len(port_text) <= 5 else 0
     elif default_port is not None:
         port = default_port
     else:
-        raise ProtocolError(f"{authority!r} names no port")
-    if not host or not 0 < port < 65536:
-        raise ProtocolError(f"bad authority {authority!r}")
-    if _BAD_HOST_CHAR.search(host):
-        raise ProtocolError(f"bad host in {authority!r}")
-    return host.lower().rstrip("."), port
+        raise ProtocolError(f"{authority[:300]!r} names no port")
+    if not 0 < port < 65536:
+        raise ProtocolError(f"bad port in {authority[:300]!r}")
+    return host, port
+
+
+def _host_name(text: str, authority: str) -> str:
+    """*text* as a valid, lower-cased host name or dotted-quad IPv4 address; else 400."""
+    host = text.lower()
+    if host.endswith("."):
+        host = host[:-1]  # the root label: "example.com." is "example.com"
+    if len(host) > MAX_HOST_NAME or _HOST_NAME.fullmatch(host) is None:
+        raise ProtocolError(f"bad host in {authority[:300]!r}")
+    if _NUMERIC_LABEL.fullmatch(host.rpartition(".")[2]):
+        try:
+            return str(ipaddress.IPv4Address(host))
+        except ValueError:
+            raise ProtocolError(f"bad IPv4 address in {authority[:300]!r}") from None
+    return host
 
 
 def parse_target(method: str, target: str) -> Target:

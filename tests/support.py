@@ -204,13 +204,41 @@ class OriginServer(http.server.ThreadingHTTPServer):
         self._thread.join(10)
 
 
+class ListSink:
+    """An access-log destination that keeps the lines in memory, for tests to read."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self.lines.extend(data.decode().splitlines())
+
+    def reopen(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def snapshot(self) -> list[str]:
+        with self._lock:
+            return list(self.lines)
+
+
 class RunningProxy:
-    """The real proxy, on its own reactor thread, resolving names from :data:`TEST_HOSTS`."""
+    """The real proxy, on its own reactor thread, resolving names from :data:`TEST_HOSTS`.
+
+    Its access log goes to :attr:`access` (a :class:`ListSink`), not to the test's stderr.
+    """
 
     def __init__(self, config: Config, hosts: dict[str, str] | None = None) -> None:
         self.reactor = Reactor()
         self.resolver = StaticResolver(self.reactor, {**TEST_HOSTS, **(hosts or {})})
-        self.server = ProxyServer(config, reactor=self.reactor, resolver=self.resolver)
+        self.access = ListSink()
+        self.server = ProxyServer(
+            config, reactor=self.reactor, resolver=self.resolver, access_sink=self.access
+        )
         self.server.start_in_thread()
         self.host, self.port = self.server.address
         self.url = f"http://{self.host}:{self.port}"

@@ -5,10 +5,15 @@
 valid head is always refused (400 for requests, 502 for responses) before any event escapes;
 any mix of ``Transfer-Encoding`` and ``Content-Length`` is refused; a body never yields a
 request, whatever it holds; pipelined requests come out one for one; and the size limits give
-the same status however the input is split (RFC 9112 sections 2.2, 5, 6.3 and 11.2).
+the same status however the input is split (RFC 9112 sections 2.2, 5, 6.3 and 11.2). And the
+request target: any text is either refused with a ProtocolError or gives a target every later
+layer (blocklist, cache key, the URL forwarded) takes as it is.
 """
 
 from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -16,18 +21,26 @@ from test_http11_fuzz import VOCABULARY
 from test_http11_requests import drive
 from test_http11_serialize import _split, fields, names
 
+from proxy.blocklist import normalize_host, parse
+from proxy.cache.store import normalize_url
 from proxy.http11 import (
     BodyWriter,
     Data,
     Headers,
     Limits,
+    ProtocolError,
     Request,
     RequestParser,
     ResponseParser,
     serialize_request_head,
 )
+from proxy.target import parse_target
 
 cuts = st.lists(st.integers(0, 10_000), max_size=6)
+# What a request-line lets through as a target (heads.py: VCHAR only).
+ASCII_TARGET = "".join(map(chr, range(0x21, 0x7F)))
+# A blocklist with a rule of every kind, so matching parses the host the way it does in use.
+CATCH_ALL_RULES = parse("ads.example\n10.0.0.0/8\n::1\n=exact.example\nexample.org/p\n")
 
 # Defects a smuggler relies on; each alone must make the head invalid.
 DEFECTS = [b"\x00", b"\r", b"\n", b"\x0b", b"\x7f", b"\r\n ", b"\r\n\t"]
@@ -140,3 +153,74 @@ def test_header_limit_gives_431_however_split(size, over, wire_cuts):
     wire = f"GET / HTTP/1.1\r\nX: {value}\r\n\r\n".encode()
     limits = Limits(max_header_bytes=size + 2)  # "X: " + value + CRLF is always larger
     assert drive(RequestParser(limits), _split(wire, wire_cuts)) == [("error", 431)]
+
+
+# -- request targets (proxy.target): whatever the text, a ProtocolError or a sound Target -------
+
+AUTHORITY_PIECES = [
+    "127.0.0.1",
+    "example.com",
+    "a",
+    ".",
+    ":",
+    "80",
+    "0",
+    "65536",
+    "[",
+    "]",
+    "::1",
+    "::ffff:1.2.3.4",
+    "%25eth0",
+    "@",
+    "/",
+    "?",
+    "#",
+    "0x7f",
+    "0177",
+    "2130706433",
+    "_",
+    "-",
+    "x" * 64,
+    "\\",
+]
+authorities = st.lists(
+    st.one_of(st.sampled_from(AUTHORITY_PIECES), st.text(ASCII_TARGET, max_size=4)), max_size=8
+).map("".join)
+
+
+def _check_target(method: str, text: str) -> None:
+    """A target is refused with ProtocolError only; an accepted one is sound for every layer."""
+    try:
+        target = parse_target(method, text)
+    except ProtocolError as exc:
+        assert 400 <= exc.status < 600
+        return
+    assert target.host and 0 < target.port < 65536
+    if ":" in target.host:
+        ipaddress.IPv6Address(target.host)  # only an IPv6 literal holds a colon
+    # Every layer the host reaches next takes it without an exception of its own.
+    assert normalize_host(target.host) == target.host
+    CATCH_ALL_RULES.match(target.host, target.path or None, target.port, target.scheme)
+    normalize_url(target.url)
+    if method != "CONNECT":
+        # What the proxy forwards and caches under parses back to the same target.
+        assert parse_target(method, target.url) == target
+        assert urlsplit(target.url).port in (target.port, None)
+
+
+@settings(max_examples=500)
+@given(authority=authorities, path=st.sampled_from(["", "/", "/a?b", "?q", "#f", "/x#y"]))
+def test_absolute_form_target_is_refused_or_sound(authority, path):
+    _check_target("GET", f"http://{authority}{path}")
+
+
+@settings(max_examples=300)
+@given(authority=authorities)
+def test_authority_form_target_is_refused_or_sound(authority):
+    _check_target("CONNECT", authority)
+
+
+@given(text=st.text(ASCII_TARGET, min_size=1, max_size=60))
+def test_any_request_target_text_is_refused_or_sound(text):
+    for method in ("GET", "CONNECT"):
+        _check_target(method, text)

@@ -127,7 +127,7 @@ VALID = [
         "identical Content-Length values",
         b"PUT / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\nabc",
         [
-            req("PUT", "/", [("Host", "h"), ("Content-Length", "3, 3"), ("Content-Length", "3")]),
+            req("PUT", "/", [("Host", "h"), ("Content-Length", "3")]),  # folded into one field
             Data(b"abc"),
             EOM,
             CLOSED,
@@ -449,3 +449,20 @@ def test_body_is_handed_out_before_it_is_complete():
     assert isinstance(parser.next_event(), Request)
     assert parser.next_event() == Data(b"01234")
     assert parser.next_event() is NEED_DATA
+
+
+def test_head_started_counts_lines_already_read():
+    parser = RequestParser()
+    assert not parser.head_started
+    parser.feed(b"GET / HTTP/1.1\r\nHost: h\r\n")
+    assert parser.next_event() is NEED_DATA
+    assert parser.buffered == 0  # the complete lines were consumed into the head
+    assert parser.head_started
+    parser.feed(b"X-A: 1")
+    assert parser.next_event() is NEED_DATA and parser.head_started
+    parser.feed(b"\r\n\r\n")
+    assert isinstance(parser.next_event(), Request)
+    assert not parser.head_started
+    assert isinstance(parser.next_event(), EndOfMessage)
+    parser.feed(b"G")
+    assert parser.next_event() is NEED_DATA and parser.head_started

@@ -36,6 +36,36 @@ CL5 = ("Content-Length", "5")
 
 VALID = [
     (
+        "identical Content-Length fields are folded into one",
+        ["GET"],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\ncontent-length: 5, 5\r\n\r\nhello",
+        [resp(200, "OK", [CL5, ("X-A", "1")]), Data(b"hello"), EOM, CLOSED],
+    ),
+    (
+        "identical Content-Length values in a HEAD answer are folded too",
+        ["HEAD"],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+        [resp(200, "OK", [CL5]), EOM, CLOSED],
+    ),
+    (
+        "conflicting lengths in a 304 frame nothing and pass as they are",
+        ["GET"],
+        b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+        [resp(304, "Not Modified", [CL5, ("Content-Length", "6")]), EOM, CLOSED],
+    ),
+    (
+        "framing fields of a 1xx frame nothing and are dropped",
+        ["GET", "GET"],
+        b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\nLink: </a>\r\n\r\n"
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nContent-Length: 3\r\n"
+        b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+        [
+            resp(103, "Early Hints", [("Link", "</a>")]),
+            resp(101, "Switching Protocols", [("Upgrade", "x")]),
+            PAUSED,
+        ],
+    ),
+    (
         "200 with Content-Length",
         ["GET"],
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",

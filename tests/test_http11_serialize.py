@@ -191,3 +191,12 @@ def test_response_round_trip(
     expected += [Data(body)] if body else []
     expected += [EndOfMessage(trailers), ConnectionClosed()]
     assert drive(parser, _split(wire, wire_cuts)) == expected
+
+
+def test_fold_keeps_the_first_fields_place_and_name():
+    headers = Headers([("content-length", "5"), ("X", "1"), ("Content-Length", "5, 5"), ("Y", "2")])
+    headers.fold("Content-Length", "5")
+    assert list(headers) == [("content-length", "5"), ("X", "1"), ("Y", "2")]
+    assert headers.get_all("CONTENT-LENGTH") == ["5"]
+    headers.fold("Z", "3")
+    assert list(headers)[-1] == ("Z", "3")

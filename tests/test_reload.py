@@ -65,14 +65,13 @@ def test_rename_save_then_delete_then_recreate(setup, caplog: pytest.LogCaptureF
     assert (rep.added, rep.removed) == (1, 1)
 
     path.unlink()
-    deadline = time.monotonic() + TIMEOUT
-    while not any("missing" in r.getMessage() for r in caplog.records):
-        assert time.monotonic() < deadline, "no warning for the missing file"
-        time.sleep(0.02)
+    kept, failed = got.get(timeout=TIMEOUT)
+    assert kept is bl  # the last good list stays in force, and the refusal is delivered
+    assert not failed.ok and failed.reason == "the file is missing" and failed.rules == 1
+    assert "refused: the file is missing" in failed.message
     warning = next(r for r in caplog.records if "missing" in r.getMessage())
     assert warning.levelno == logging.WARNING
-    assert got.empty()  # the last good list is kept: no empty list delivered
-    assert watcher.last_report is not None and not watcher.last_report.ok
+    assert watcher.last_report is failed
 
     path.write_text("other.org\n")  # same content as before: still delivered
     bl, rep = got.get(timeout=TIMEOUT)
@@ -90,16 +89,18 @@ def test_invalid_lines_are_reported_not_fatal(setup, caplog: pytest.LogCaptureFi
 
 
 def test_undecodable_file_keeps_last_list(setup, caplog: pytest.LogCaptureFixture) -> None:
-    path, watcher, got, _ = setup
-    path.write_bytes(b"\xff\xfe bad\n")
-    watcher.reload_now()
-    deadline = time.monotonic() + TIMEOUT
-    while not any("not UTF-8" in r.getMessage() for r in caplog.records):
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    path, watcher, got, initial = setup
+    tmp = path.with_name(path.name + ".swp")
+    tmp.write_bytes(b"good.org\nb\xe9d.org\n\xff\xfe bad\nfine.org\n")
+    os.replace(tmp, path)
+    kept, failed = got.get(timeout=TIMEOUT)
+    assert kept is initial
+    assert (failed.ok, failed.rules, failed.rejected) == (False, 1, 2)
+    assert failed.reason == "line 2 is not UTF-8 (byte 0xe9 at column 2)"
+    assert any("not UTF-8" in r.getMessage() for r in caplog.records)
     save_by_rename(path, "fixed.org\n")
-    bl, _ = got.get(timeout=TIMEOUT)
-    assert bl.match("fixed.org") is not None
+    bl, rep = got.get(timeout=TIMEOUT)
+    assert bl.match("fixed.org") is not None and rep.ok and rep.reason == ""
 
 
 def test_reload_now_delivers_even_unchanged(setup) -> None:
@@ -191,3 +192,35 @@ def test_stop_joins_threads(tmp_path: Path) -> None:
     watcher.stop()
     assert watcher._worker is not None and not watcher._worker.is_alive()
     watcher.stop()  # idempotent
+
+
+def test_a_huge_invalid_line_is_logged_as_a_short_prefix(
+    setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, watcher, got, _ = setup
+    caplog.set_level(logging.WARNING, logger="proxy.blocklist.watch")
+    huge = "x" * 1_000_000 + " y"  # whitespace: invalid
+    ipv6ish = "::" + "1" * 500_000  # an error message that would quote the whole line
+    save_by_rename(path, f"good.org\n{huge}\n{ipv6ish}\n")
+    bl, rep = got.get(timeout=TIMEOUT)
+    assert rep.ok and rep.rules == 1 and rep.rejected == 2
+    assert "2 invalid lines skipped" in rep.message
+    logged = [r.getMessage() for r in caplog.records]
+    assert max(len(line) for line in logged) < 600, max(len(line) for line in logged)
+    assert any(
+        ":2: invalid rule 'xxxx" in line and "(1000002 characters)" in line for line in logged
+    )
+    assert all(len(err.message) <= 160 for err in rep.errors)
+
+
+def test_many_invalid_lines_are_counted_not_all_logged(
+    setup, caplog: pytest.LogCaptureFixture
+) -> None:
+    path, watcher, got, _ = setup
+    caplog.set_level(logging.WARNING, logger="proxy.blocklist.watch")
+    save_by_rename(path, "".join(f"bad rule {i}\n" for i in range(500)))
+    _bl, rep = got.get(timeout=TIMEOUT)
+    assert rep.rejected == 500 and len(rep.errors) == 500
+    invalid = [r.getMessage() for r in caplog.records if "invalid rule" in r.getMessage()]
+    assert len(invalid) == watch.LOGGED_ERRORS + 1
+    assert "480 more invalid rules skipped" in invalid[-1]

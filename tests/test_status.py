@@ -64,11 +64,16 @@ def test_with_authentication_each_user_sees_only_their_own_requests_unless_admin
 
 
 def test_recent_requests_lose_their_query_strings_and_can_be_one_users():
-    from proxy.stats import RequestRecord, Stats
+    from proxy.accesslog import AccessRecord
+    from proxy.stats import Stats
 
     stats = Stats(clock=lambda: 100.0)
     for user, url in (("alice", "http://a.test/x?token=s3cret"), ("bob", "http://b.test/y")):
-        stats.finished(RequestRecord(100.0, "c", "GET", url, 200, 1, 0.1, "TCP_MISS", user))
+        stats.finished(
+            AccessRecord(
+                100.0, 0.1, "127.0.0.1", 5, "GET", url, 200, 1, result="TCP_MISS", user=user
+            )
+        )
     urls = [r["url"] for r in stats.snapshot()["recent"]]
     assert urls == ["http://b.test/y", "http://a.test/x"]
     assert [r["url"] for r in stats.snapshot("alice")["recent"]] == ["http://a.test/x"]

@@ -339,15 +339,18 @@ class StatsExample(SphinxDirective):
         try:
             server.stats = stats_mod.Stats(clock=lambda: 1_800_000_000.0)
             server.stats.opened()
+            record = importlib.import_module("proxy.accesslog").AccessRecord
             server.stats.finished(
-                stats_mod.RequestRecord(
+                record(
                     at=1_800_000_000.0,
-                    client="127.0.0.1:53412",
+                    duration=0.005,
+                    client_ip="127.0.0.1",
+                    client_port=53412,
                     method="GET",
                     url="http://127.0.0.1:8000/",
                     status=200,
                     bytes_sent=426,
-                    duration=0.005,
+                    bytes_received=78,
                     result="TCP_MISS",
                 )
             )

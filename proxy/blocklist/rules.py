@@ -217,6 +217,10 @@ def canonical_rule(text: str) -> str:
     return _compile(text.strip())[0]
 
 
+MAX_MESSAGE = 160
+"""Longest ``ParseError.message``: some reasons quote the rule, and a rule can be huge."""
+
+
 def _strip_comment(line: str) -> str:
     """Remove a whole-line ``#`` comment or a trailing `` #`` comment and blanks."""
     if "#" in line:
@@ -372,7 +376,11 @@ def _host_of(netloc: str) -> str:
 
 
 def parse(text: str) -> Blocklist:
-    """Parse the blocklist *text*; invalid lines are skipped and listed in ``errors``."""
+    """Parse the blocklist *text*; invalid lines are skipped and listed in ``errors``.
+
+    Each :class:`ParseError` keeps its line whole, and a message of at most
+    ``MAX_MESSAGE`` characters (quote the line with :func:`proxy.blocklist.watch.excerpt`).
+    """
     items: list[tuple[Rule, str, RuleSpec]] = []
     errors: list[ParseError] = []
     for number, raw in enumerate(text.splitlines(), 1):
@@ -382,7 +390,10 @@ def parse(text: str) -> Blocklist:
         try:
             key, spec = _compile(line)
         except ValueError as exc:
-            errors.append(ParseError(number, line, (str(exc) or "invalid rule").splitlines()[0]))
+            message = (str(exc) or "invalid rule").splitlines()[0]
+            if len(message) > MAX_MESSAGE:
+                message = message[: MAX_MESSAGE - 3] + "..."
+            errors.append(ParseError(number, line, message))
             continue
         items.append((Rule(line, number), key, spec))
     return Blocklist(items, errors)

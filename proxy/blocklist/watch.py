@@ -1,4 +1,4 @@
-"""Hot reload of ``blacklist.txt``: watchdog events in, new :class:`Blocklist` snapshots out.
+"""Hot reload of ``blacklist.txt``: watchdog events in, new blocklist snapshots out.
 
 Theory of operation
 -------------------
@@ -19,11 +19,18 @@ Two threads do the work, and neither touches proxy state:
 ``deliver`` runs on the worker thread; the proxy passes a function that forwards
 the snapshot with ``reactor.call_soon_threadsafe``, so the swap is one reference
 assignment on the loop.  A missing, unreadable or undecodable file keeps the last
-good list: a warning is logged and nothing is delivered.  A save that leaves the
-bytes unchanged is not delivered either, except after :meth:`BlocklistWatcher.reload_now`.
-Invalid lines are not a failure: they are skipped, logged one by one and listed in
-:attr:`ReloadReport.errors`.  If inotify cannot start (for example ``OSError`` for
-too many watches) the watcher falls back to watchdog's polling observer.
+good list, and that is delivered too, with a failed report (``ok=False``, its
+``reason``): whoever shows the last reload must show the refusal,
+not go on showing the success before it.  A save that leaves the bytes unchanged is
+not delivered, except after :meth:`BlocklistWatcher.reload_now`.
+
+Invalid lines are not a failure: they are skipped, counted in
+``ReloadReport.rejected`` and listed in :attr:`ReloadReport.errors`.  They are
+logged one by one, the first :data:`LOGGED_ERRORS` of them, each quoting at most a
+short prefix of the line (:func:`excerpt`): the file is
+written by people and scripts, and a 1 MB line or a million bad ones must not turn
+every reload into megabytes of log.  If inotify cannot start (for example ``OSError``
+for too many watches) the watcher falls back to watchdog's polling observer.
 """
 
 from __future__ import annotations
@@ -49,12 +56,16 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from .rules import EMPTY, Blocklist, ParseError, parse
+from . import rules
+from .rules import EMPTY, ParseError, parse
 
 log = logging.getLogger("proxy.blocklist.watch")
 
 POLL_INTERVAL = 0.1
 """Seconds between two scans of the folder when the polling observer is used."""
+
+LOGGED_ERRORS = 20
+"""Invalid lines logged one by one per reload; the rest are counted in one line."""
 
 _EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent]
 
@@ -63,13 +74,18 @@ _EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent,
 class ReloadReport:
     """What one reload did.
 
-    :ivar ok: ``True`` when a new snapshot was delivered (the file was read).
-    :ivar rules: number of valid rules in the new snapshot.
+    :ivar ok: ``True`` when the file was read and parsed into a new snapshot; ``False``
+        when it was refused and the last good list is kept.
+    :ivar rules: number of valid rules in the list now in force.
     :ivar added: rules present now but not before (compared in canonical form).
     :ivar removed: rules present before but not now.
     :ivar errors: the invalid lines that were skipped.
     :ivar message: one human-readable line, as logged.
     :ivar at: wall-clock time of the reload (:func:`time.time`).
+    :ivar reason: why the reload was refused (``""`` when ``ok``), e.g.
+        ``"the file is missing"`` or ``"line 3 is not UTF-8"``.
+    :ivar rejected: lines the reload could not use: the invalid rules skipped, or, for a
+        file refused as not UTF-8, the lines that do not decode.
     """
 
     ok: bool
@@ -79,6 +95,21 @@ class ReloadReport:
     errors: tuple[ParseError, ...]
     message: str
     at: float
+    reason: str = ""
+    rejected: int = 0
+
+
+def excerpt(text: str, limit: int = 60) -> str:
+    """``repr`` of *text*, cut after *limit* characters with the full length noted.
+
+    What a log line quotes from a rule: a 1 MB line must not make a 1 MB log line.
+
+    >>> excerpt("x" * 100, 5)
+    "'xxxxx'... (100 characters)"
+    """
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 class _Handler(FileSystemEventHandler):
@@ -97,7 +128,9 @@ class _Handler(FileSystemEventHandler):
 
 
 class BlocklistWatcher:
-    """Watch one blocklist file and deliver a fresh :class:`Blocklist` on every change.
+    """Watch one blocklist file and deliver a fresh blocklist on every change.
+
+    Each is an immutable :class:`~proxy.blocklist.rules.Blocklist`.
 
     :param path: the blocklist file (its folder must exist).
     :param deliver: called as ``deliver(blocklist, report)`` *from the worker thread*.
@@ -108,7 +141,7 @@ class BlocklistWatcher:
     def __init__(
         self,
         path: str | os.PathLike[str],
-        deliver: Callable[[Blocklist, ReloadReport], None],
+        deliver: Callable[[rules.Blocklist, ReloadReport], None],
         *,
         debounce: float = 0.05,
         use_polling: bool = False,
@@ -122,7 +155,7 @@ class BlocklistWatcher:
         self._cond = threading.Condition()
         self._first = self._last = 0.0  # monotonic times of the burst's events
         self._pending = self._forced = self._stopping = False
-        self._current: Blocklist = EMPTY
+        self._current: rules.Blocklist = EMPTY
         self._keys: frozenset[str] = frozenset()
         self._digest: bytes | None = None  # hash of the bytes last parsed; None: missing
         self._observer: BaseObserver | None = None
@@ -137,7 +170,7 @@ class BlocklistWatcher:
             return ""
         return "polling" if isinstance(self._observer, PollingObserver) else "native"
 
-    def start(self) -> Blocklist:
+    def start(self) -> rules.Blocklist:
         """Load the file now, start the observer and worker threads, return the list.
 
         A missing or unreadable file gives :data:`~proxy.blocklist.rules.EMPTY` and a warning.
@@ -223,10 +256,18 @@ class BlocklistWatcher:
             except Exception:  # never let one bad reload kill the watcher
                 log.exception("blocklist reload failed")
 
-    def _fail(self, message: str) -> None:
-        """Log *message*, keep the last good list and record a failed report."""
-        log.warning("%s; keeping the last good list (%d rules)", message, len(self._current))
-        self.last_report = ReloadReport(False, len(self._current), 0, 0, (), message, time.time())
+    def _fail(self, reason: str, *, initial: bool, rejected: int = 0) -> None:
+        """Keep the last good list, log and record a failed report, and deliver it."""
+        kept = len(self._current)
+        message = f"blocklist {self.path} refused: {reason}; keeping the last good list"
+        message += f" ({kept} rules)"
+        log.warning("%s", message)
+        report = ReloadReport(
+            False, kept, 0, 0, (), message, time.time(), reason=reason, rejected=rejected
+        )
+        self.last_report = report
+        if not initial:
+            self._deliver(self._current, report)
 
     def _load(self, *, forced: bool, initial: bool = False) -> None:
         """Read, parse and (unless *initial*) deliver the file; keep the old list on error."""
@@ -235,30 +276,67 @@ class BlocklistWatcher:
                 data = f.read()
         except FileNotFoundError:
             if self._digest is not None or initial or forced:
-                self._fail(f"blocklist file {self.path} is missing")
+                self._fail("the file is missing", initial=initial)
             self._digest = None
             return
         except OSError as exc:
-            return self._fail(f"cannot read blocklist file {self.path}: {exc}")
-        try:
-            text = data.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            return self._fail(f"blocklist file {self.path} is not UTF-8: {exc}")
+            return self._fail(f"cannot read the file: {exc.strerror or exc}", initial=initial)
         digest = hashlib.blake2b(data, digest_size=16).digest()
         if digest == self._digest and not forced:
             return
-        new = parse(text)
-        for err in new.errors:
-            log.warning(
-                "%s:%d: invalid rule %r skipped: %s", self.path, err.line, err.text, err.message
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            self._digest = digest  # the same bad bytes saved again are not news
+            return self._fail(
+                _not_utf8_reason(data, exc), initial=initial, rejected=_undecodable_lines(data)
             )
+        new = parse(text)
+        self._log_errors(new.errors)
         old_keys, new_keys = self._keys, new.keys()
         added, removed = len(new_keys - old_keys), len(old_keys - new_keys)
         message = f"blocklist reloaded: rules: {len(new)}, +{added}, -{removed}"
         if initial:
             message = f"blocklist loaded: rules: {len(new)}"
+        if new.errors:
+            message += f", {len(new.errors)} invalid lines skipped"
         log.info("%s", message)
-        report = ReloadReport(True, len(new), added, removed, new.errors, message, time.time())
+        rejected = len(new.errors)
+        at = time.time()
+        report = ReloadReport(True, len(new), added, removed, new.errors, message, at, "", rejected)
         self._current, self._keys, self._digest, self.last_report = new, new_keys, digest, report
         if not initial:
             self._deliver(new, report)
+
+    def _log_errors(self, errors: tuple[ParseError, ...]) -> None:
+        for err in errors[:LOGGED_ERRORS]:
+            log.warning(
+                "%s:%d: invalid rule %s skipped: %s",
+                self.path,
+                err.line,
+                excerpt(err.text),
+                err.message,
+            )
+        if len(errors) > LOGGED_ERRORS:
+            log.warning(
+                "%s: %d more invalid rules skipped (python -m proxy.blocklist list shows them)",
+                self.path,
+                len(errors) - LOGGED_ERRORS,
+            )
+
+
+def _not_utf8_reason(data: bytes, exc: UnicodeDecodeError) -> str:
+    """Where the first undecodable byte is, as a person editing the file would look for it."""
+    line = data.count(b"\n", 0, exc.start) + 1
+    column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+    return f"line {line} is not UTF-8 (byte 0x{data[exc.start]:02x} at column {column})"
+
+
+def _undecodable_lines(data: bytes) -> int:
+    count = 0
+    for line in data.split(b"\n"):
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            count += 1
+    return count

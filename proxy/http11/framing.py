@@ -9,7 +9,9 @@ bytes become a second request), so where the RFC lets a recipient choose, we ref
   400, rule 4); any other coding next to it is one we do not implement (501, section 6.1).
   ``Transfer-Encoding`` in an HTTP/1.0 request, or together with ``Content-Length``, is an
   error (400, sections 6.1 and 6.3 rule 3). ``Content-Length`` must be digits (1*DIGIT);
-  repeated or comma-listed values are accepted only when they are all the same number (rule 5).
+  repeated or comma-listed values are accepted only when they are all the same number (rule 5),
+  and are then folded into one field, so the message goes on with one length, as RFC 9110
+  section 8.6 asks of a recipient that accepts them (some servers refuse a repeated field).
   No body header means no body. An HTTP/1.1 request needs exactly one ``Host`` field, and no
   request may carry two (section 3.2).
 * Responses (section 6.3): no body for ``HEAD``, ``1xx``, ``204`` and ``304`` (rule 1).
@@ -44,7 +46,10 @@ _LENGTH_RE = re.compile(r"[0-9]{1,18}")
 
 
 def content_length(headers: Headers, status: int = 400) -> int:
-    """Return the one length that every ``Content-Length`` value agrees on (RFC 9110 8.6)."""
+    """Return the one length that every ``Content-Length`` value agrees on (RFC 9110 8.6).
+
+    Repeated fields or a list of values (``5, 5``) are folded into one field in *headers*.
+    """
     values = headers.get_all("content-length")
     if len(values) == 1:
         value = values[0]
@@ -60,7 +65,9 @@ def content_length(headers: Headers, status: int = 400) -> int:
             lengths.add(int(item))
     if len(lengths) != 1:
         raise ProtocolError("conflicting Content-Length values", status)
-    return lengths.pop()
+    length = lengths.pop()
+    headers.fold("Content-Length", str(length))
+    return length
 
 
 def _codings(headers: Headers, status: int) -> list[str]:
@@ -98,6 +105,11 @@ def request_framing(method: str, version: str, headers: Headers) -> Framing:
 def response_framing(request_method: str, status: int, version: str, headers: Headers) -> Framing:
     """Decide how the body of a response (to a *request_method* request) is delimited (502)."""
     if request_method == "HEAD" or status < 200 or status in (204, 304):
+        if "content-length" in headers:
+            try:
+                content_length(headers, 502)  # only to fold repeated values
+            except ProtocolError:
+                pass  # a length that frames nothing: relayed as it is, as before
         return 0
     if "transfer-encoding" in headers:
         if version == "HTTP/1.0":

@@ -92,6 +92,18 @@ class Headers:
         self.remove(name)
         self.add(name, value)
 
+    def fold(self, name: str, value: str) -> None:
+        """Replace every field called *name* with one holding *value*, where the first stood."""
+        wanted = name.lower()
+        if wanted not in self._names:
+            self.add(name, value)
+            return
+        first = self._names.index(wanted)
+        self._fields[first] = (self._fields[first][0], value)
+        for index in range(len(self._names) - 1, first, -1):
+            if self._names[index] == wanted:
+                del self._fields[index], self._names[index]
+
     def remove(self, name: str) -> None:
         """Drop every field called *name*."""
         wanted = name.lower()

@@ -19,7 +19,8 @@ tunnel) and after the body of a request that asks to ``Upgrade`` (RFC 9110 secti
 ``resume()`` says the origin refused. A response parser pauses after a ``101`` and after a
 ``2xx`` to ``CONNECT``. It needs to know the request method (``expect``): a response to
 ``HEAD`` has no body whatever its head says (RFC 9112 section 6.3, rule 1). Interim ``1xx``
-responses (section 4, RFC 9110 section 15.2) are handed out and then the next head is read.
+responses (section 4, RFC 9110 section 15.2) are handed out and then the next head is read;
+a ``1xx`` loses any ``Content-Length`` or ``Transfer-Encoding`` field, since it frames nothing.
 
 Every error is a :class:`~proxy.http11.errors.ProtocolError`, whatever the input: requests
 answer 400 (or 414, 431, 501, 505), responses 502.
@@ -90,10 +91,11 @@ class _Parser:
 
     @property
     def head_started(self) -> bool:
-        """Whether part of a head has arrived: buffered, or already split into lines.
+        """Whether part of a head has arrived but not all of it.
 
-        ``buffered`` alone cannot tell, since a head read up to a line end leaves the buffer
-        empty while the head is still incomplete.
+        The bytes may still be buffered, or already consumed: complete field lines are read
+        into the head as they arrive, so a head that stops at a line end leaves nothing
+        buffered (``buffered == 0``) and is still unfinished. A head deadline must use this.
         """
         return self._state is _HEAD and (self._buf.size > 0 or self._head.started)
 
@@ -222,6 +224,12 @@ class ResponseParser(_Parser):
         connection = headers.tokens("connection")
         if not self._methods:
             raise ProtocolError("response received with no request outstanding", 502)
+        if status < 200:
+            # A 1xx has no body (RFC 9112 section 6.3 rule 1), and a server must not send
+            # Content-Length or Transfer-Encoding in one (RFC 9110 8.6, RFC 9112 6.1): fields
+            # that frame nothing are dropped, not passed on for a client to misread.
+            headers.remove("content-length")
+            headers.remove("transfer-encoding")
         if status < 200 and status != 101:
             # An interim response: the final one follows.
             return Response(status, reason, version, headers, 0, connection)

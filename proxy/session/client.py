@@ -39,6 +39,7 @@ from minireactor import Deadline, TransportLike
 from minireactor import Protocol as StreamProtocol
 from minireactor.splice import PipePool
 
+from ..accesslog import AccessRecord
 from ..config import Config
 from ..http11 import (
     NEED_DATA,
@@ -57,7 +58,7 @@ from ..http11.framing import persists
 from ..parent import Hop, Route, connect_head
 from ..policy import Forward, LocalReply, OwnPage, PolicyStep, Refusal
 from ..replies import error_page, simple_response
-from ..stats import RequestRecord, Stats
+from ..stats import Stats
 from ..target import Target
 from ..tunnel import IdleSweep, Tunnel
 from ..upstream import Upstream, UpstreamPool
@@ -140,8 +141,10 @@ class RequestLog:
     status: int = 0
     result: str = "NONE"
     bytes_sent: int = 0
+    bytes_received: int = 0
     cache_status: str | None = None
     user: str | None = None
+    content_type: str | None = None
     response_started: bool = False
     logged: bool = False
 
@@ -155,7 +158,7 @@ class ClientSession(StreamProtocol):
         "machine",
         "parser",
         "transport",
-        "client",
+        "peer",
         "client_eof",
         "request",
         "target",
@@ -180,7 +183,7 @@ class ClientSession(StreamProtocol):
         self.machine = StateMachine(ctx.observers)
         self.parser = RequestParser(ctx.limits)
         self.transport: TransportLike | None = None
-        self.client = "-"
+        self.peer: tuple[str, int] = ("-", 0)  # the client's address, as the transport gave it
         self.client_eof = False
         self.request: Request | None = None
         self.target: Target | None = None
@@ -206,6 +209,10 @@ class ClientSession(StreamProtocol):
         """Where the connection stands."""
         return self.machine.state
 
+    def use(self, ctx: SessionContext) -> None:
+        """Serve with *ctx* from now on (a config reload: policy, timeouts, routes)."""
+        self.ctx = ctx
+
     # -- transport callbacks ---------------------------------------------------------------------
 
     def connection_made(self, transport: TransportLike) -> None:
@@ -213,13 +220,15 @@ class ClientSession(StreamProtocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if peer:
-            self.client = f"{peer[0]}:{peer[1]}"
+            self.peer = peer
         self._arm_keepalive()
 
     @guarded
     def data_received(self, data: bytes) -> None:
         """Feed the parser and let the current state take what it is ready for."""
-        self.ctx.stats.bytes_from_clients += len(data)
+        size = len(data)
+        self.ctx.stats.bytes_from_clients += size
+        self.log.bytes_received += size  # pipelined bytes count for the request in hand
         self.parser.feed(data)
         transport = self.transport
         assert transport is not None
@@ -315,7 +324,8 @@ class ClientSession(StreamProtocol):
 
     def _begin(self, request: Request) -> None:
         self.deadline.disarm()
-        self.log = RequestLog(self.ctx.scheduler.time())
+        # Bytes counted since the last request was logged are this request's head (and more).
+        self.log = RequestLog(self.ctx.scheduler.time(), bytes_received=self.log.bytes_received)
         self.request = request
         self.request_complete = request.method == "CONNECT"  # the rest is the tunnel's
         self.target = None
@@ -344,7 +354,7 @@ class ClientSession(StreamProtocol):
     def _check_policy(self, request: Request) -> None:
         policy = self.ctx.policy
         if policy.auth is not None:
-            who = policy.authenticate(request)
+            who = policy.authenticate(request, self.peer[0])
             if isinstance(who, Refusal):
                 self._refuse(who)
                 return
@@ -549,6 +559,7 @@ class ClientSession(StreamProtocol):
             plan = RelayPlan(outcome.writer, outcome.cache_status)
         self.machine.fire(T.RESPONSE_HEAD)
         self.log.status = response.status
+        self.log.content_type = response.headers.get("content-type")
         if self.log.result == "NONE":
             self.log.result = "TCP_MISS"
         self._watch_relay()
@@ -675,6 +686,7 @@ class ClientSession(StreamProtocol):
     def tunnel_closed(self, tunnel: Tunnel, exc: BaseException | None) -> None:
         """Both sides of the tunnel are closed: count its bytes, log the request, end."""
         self.log.bytes_sent += tunnel.bytes_down
+        self.log.bytes_received += tunnel.bytes_up
         stats = self.ctx.stats
         stats.bytes_to_clients += tunnel.bytes_down
         stats.bytes_from_clients += tunnel.bytes_up
@@ -696,6 +708,7 @@ class ClientSession(StreamProtocol):
         self.log.status = hit.status
         self.log.result = hit.result
         self.log.cache_status = hit.cache_status
+        self.log.content_type = hit.entry.headers.get("content-type")
         self.send_to_client(cache.head_for(hit.entry, hit.status, hit.cache_status, connection))
         if request.method == "HEAD" or hit.status == 304 or not body:
             self.finish_request(reusable)
@@ -751,6 +764,7 @@ class ClientSession(StreamProtocol):
         )
         self.log.status = status
         self.log.result = result
+        self.log.content_type = content_type
         head_only = request is not None and request.method == "HEAD"
         self.send_to_client(
             simple_response(
@@ -775,7 +789,7 @@ class ClientSession(StreamProtocol):
     ) -> None:
         """Answer with a short error page naming *detail*; it is logged too."""
         if status >= 500 or status == 408:
-            log.info("%s %s: %d %s", self.client, self._request_label(), status, detail)
+            log.info("%s %s: %d %s", self._client_label(), self._request_label(), status, detail)
         self.answer(status, error_page(status, detail), close=close, result=result, extra=extra)
 
     def _finish_reading_request(self) -> bool:
@@ -841,29 +855,45 @@ class ClientSession(StreamProtocol):
             self._read_request()
 
     def _write_log(self) -> None:
-        """Write the access-log line of the current request (once) and release its cache plan."""
+        """Hand the finished request to the access log (once) and release its cache plan."""
         entry = self.log
         if entry.logged:
             return
         entry.logged = True
         plan, self.cache_plan = self.cache_plan, None
-        if plan is not None and self.ctx.cache is not None:
-            self.ctx.cache.request_ended(plan)
-        request = self.request
-        stats = self.ctx.stats
+        ctx = self.ctx
+        if plan is not None and ctx.cache is not None:
+            ctx.cache.request_ended(plan)
+        request, hop = self.request, self.hop
+        headers = request.headers if request is not None else NO_HEADERS
+        if hop is None or entry.result.startswith(("TCP_HIT", "TCP_IMS_HIT", "TCP_LOCAL")):
+            hierarchy, peer = "HIER_NONE", None
+        else:
+            hierarchy = "FIRSTUP_PARENT" if hop.parent is not None else "HIER_DIRECT"
+            peer = hop.host
+        stats = ctx.stats
         stats.finished(
-            RequestRecord(
-                at=stats.clock(),
-                client=self.client,
-                method=request.method if request is not None else "-",
-                url=self._logged_url(),
-                status=entry.status,
-                bytes_sent=entry.bytes_sent,
-                duration=self.ctx.scheduler.time() - entry.started,
-                result=entry.result,
-                user=entry.user,
+            AccessRecord(
+                stats.clock(),
+                ctx.scheduler.time() - entry.started,
+                self.peer[0],
+                self.peer[1],
+                request.method if request is not None else "-",
+                self._logged_url(),
+                entry.status,
+                entry.bytes_sent,
+                entry.bytes_received,
+                entry.result,
+                request.version if request is not None else "-",
+                entry.user,
+                hierarchy,
+                peer,
+                entry.content_type,
+                headers.get("referer"),
+                headers.get("user-agent"),
             )
         )
+        entry.bytes_received = 0
 
     def _logged_url(self) -> str:
         request, target = self.request, self.target
@@ -872,6 +902,10 @@ class ClientSession(StreamProtocol):
         if request is not None and request.method == "CONNECT":
             return f"{target.host}:{target.port}"
         return target.url
+
+    def _client_label(self) -> str:
+        host, port = self.peer[0], self.peer[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _request_label(self) -> str:
         if self.request is None:
@@ -900,7 +934,8 @@ class ClientSession(StreamProtocol):
 
     def internal_error(self, exc: BaseException) -> None:
         """A bug surfaced while serving this client: 500 if we can, else reset."""
-        log.error("internal error serving %s %s", self.client, self._request_label(), exc_info=exc)
+        who, what = self._client_label(), self._request_label()
+        log.error("internal error serving %s %s", who, what, exc_info=exc)
         if self.dialer is not None:
             self.dialer.cancel()
             self.dialer = None

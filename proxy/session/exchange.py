@@ -387,8 +387,10 @@ class Exchange:
     def _relay_interim(self, response: Response) -> None:
         # 1xx answers (100 Continue, 103 Early Hints) mean nothing to an HTTP/1.0 client.
         if self.request.version == "HTTP/1.1":
+            # Hop-by-hop fields of an interim answer were for us, like those of a final one.
+            headers = strip_hop_by_hop(response.headers, response.connection)
             self.owner.send_to_client(
-                serialize_response_head(response.status, response.reason, response.headers)
+                serialize_response_head(response.status, response.reason, headers)
             )
 
     def _response_head(self, response: Response) -> None:

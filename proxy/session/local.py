@@ -1,4 +1,4 @@
-"""The proxy's own pages: the live dashboard, ``/stats.json`` and ``/proxy.pac``.
+"""The proxy's own pages: the live dashboard, ``/stats.json``, ``/metrics`` and ``/proxy.pac``.
 
 Theory of operation
 -------------------
@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 from ..dashboard import DASHBOARD
 from ..http11 import Request
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..policy import LocalReply, Refusal
 
 _HOST_CHARS = re.compile(r"[A-Za-z0-9.\-\[\]:]{1,255}")
@@ -44,11 +45,13 @@ class LocalPages:
         *,
         private: bool = False,
         admins: Set[str] = frozenset(),
+        metrics: Callable[[], str] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._own_addresses = own_addresses
         self._private = private
         self._admins = admins
+        self._metrics = metrics
 
     def reply_for(self, request: Request, user: str | None = None) -> LocalReply | Refusal:
         """The page *request* (from the authenticated *user*, if any) asks for, or why not.
@@ -73,6 +76,8 @@ class LocalPages:
             return LocalReply(
                 200, pac_file(host, port).encode(), "application/x-ns-proxy-autoconfig"
             )
+        if path == "/metrics" and self._metrics is not None:
+            return LocalReply(200, self._metrics().encode(), METRICS_CONTENT_TYPE)
         if path in ("/", "/index.html"):
             return LocalReply(200, DASHBOARD.encode(), "text/html; charset=utf-8")
-        return Refusal(404, f"the proxy has no page {path!r}", result="TCP_LOCAL")
+        return Refusal(404, f"the proxy has no page {path[:100]!r}", result="TCP_LOCAL")
