@@ -76,6 +76,23 @@ def origin_of(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or ""), port or _DEFAULT_PORTS.get(scheme)
 
 
+def invalidation_urls(url: str, response_headers: Headers) -> list[str]:
+    """Normalised *url* and the same-origin ``Location``/``Content-Location`` URIs it names.
+
+    What a successful unsafe request invalidates (RFC 9111 section 4.4); other origins' URIs
+    are left alone, so one site cannot flush another's responses.
+    """
+    urls = [url]
+    for name in ("Location", "Content-Location"):
+        value = response_headers.get(name)
+        if not value:
+            continue
+        other = normalize_url(urljoin(url, value.strip()))
+        if other not in urls and origin_of(other) == origin_of(url):
+            urls.append(other)
+    return urls
+
+
 def vary_names_of(response_headers: Headers) -> tuple[str, ...]:
     """Return the lower-cased, sorted, de-duplicated field names a response's ``Vary`` lists."""
     return tuple(sorted({name.lower() for name in response_headers.get_list("Vary")}))
@@ -265,15 +282,7 @@ class CacheStore:
         RFC 9111 section 4.4, once the caller has checked the method and status.
         :returns: the number of variants dropped.
         """
-        dropped = self.remove_url(url)
-        for name in ("Location", "Content-Location"):
-            value = response_headers.get(name)
-            if not value:
-                continue
-            other = normalize_url(urljoin(url, value.strip()))
-            if other != url and origin_of(other) == origin_of(url):
-                dropped += self.remove_url(other)
-        return dropped
+        return sum(self.remove_url(other) for other in invalidation_urls(url, response_headers))
 
     def clear(self) -> None:
         """Drop everything."""
