@@ -24,7 +24,7 @@ a socket, so every rule can be tested from header fields and a fake clock.
    entry may stand in if the origin fails (``stale_on_error``, then
    :meth:`HttpCache.serve_stale_on_error`) or may be served at once while a background
    request revalidates it (``stale_while_revalidate``, then
-   :meth:`HttpCache.serve_while_revalidating`). The rules are in :mod:`~proxy.cache.stale`.
+   :meth:`HttpCache.serve_while_revalidating`). The rules are in ``proxy.cache.stale``.
 
 Every way of answering from the store ends in a :class:`StoredAnswer`: the entry, the status
 to send (the entry's, or ``304`` when the client's own validators match) and the
@@ -32,9 +32,9 @@ to send (the entry's, or ``304`` when the client's own validators match) and the
 
 The rules live in :mod:`~proxy.cache.directives` (field syntax), :mod:`~proxy.cache.freshness`
 (storability, lifetime, age, reuse), :mod:`~proxy.cache.validation` (validators and header
-updates), :mod:`~proxy.cache.stale` (stale serving), :mod:`~proxy.cache.ranges` (``206``
+updates), ``proxy.cache.stale`` (stale serving), ``proxy.cache.ranges`` (``206``
 from a stored body) and :mod:`~proxy.cache.store` (cache keys, ``Vary`` and the LRU); this
-module wires them. :mod:`~proxy.cache.disk` keeps the same entries on disk.
+module wires them. ``proxy.cache.disk`` keeps the same entries on disk.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class CacheConfig:
     :ivar heuristic_cap: upper bound of a heuristic lifetime, in seconds.
     :ivar max_stale: how stale, in seconds, a stored response may be when it is served
         because the origin failed or under ``stale-while-revalidate``; ``0`` turns stale
-        serving off (see :mod:`proxy.cache.stale` for the default's reasoning). While it is
+        serving off (see ``proxy.cache.stale`` for the default's reasoning). While it is
         above zero, responses that may be stored but come with no lifetime and no validator
         are kept too (stale at once), because an origin failure is the one time they serve.
     :ivar cache_name: the cache's identifier in ``Cache-Status`` (RFC 9211 section 2).

@@ -14,7 +14,7 @@ fields and a few timestamps, so each is one function here.
    *heuristically cacheable* (RFC 9110 section 15.1), or ``public``. Such a response is
    *cacheable by default* even without a lifetime: with a ``Last-Modified`` it gets a heuristic
    one (section 4.2.2); with only an ``ETag`` it is stale at once and revalidated with it; with
-   neither it is kept when stale serving is on (:mod:`proxy.cache.stale`), so the copy can
+   neither it is kept when stale serving is on (``proxy.cache.stale``), so the copy can
    stand in when the origin fails.
    Two choices go beyond the RFC: responses with ``Set-Cookie`` are not stored (a shared cache
    would hand one user's cookie to the next; nginx and Varnish make the same default choice), and
