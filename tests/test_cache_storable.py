@@ -99,9 +99,32 @@ def test_public_allows_heuristic_on_any_status():
     assert storable(response, status=302) == (True, "")
 
 
-def test_no_freshness_information_is_not_stored():
-    """RFC 9111 §4.2.2 (deliberate choice): a 200 with no lifetime source is not stored."""
-    assert storable([("ETag", '"v1"')]) == (False, "no-freshness")
+def test_cacheable_by_default_without_a_lifetime_is_stored():
+    """RFC 9111 §3: a heuristically cacheable status may be stored with no lifetime at all.
+
+    It is stale at once: revalidated with its ETag, or kept to serve on an origin error.
+    """
+    assert storable([("ETag", '"v1"')]) == (True, "")
+    assert storable([]) == (True, "")
+    assert storable([], status=404) == (True, "")
+
+
+def test_without_lifetime_or_validator_kept_only_for_stale_serving():
+    """A copy that can be neither reused nor revalidated is only kept while stale serving is
+    on, and never when a directive forbids serving it stale (RFC 9111 §4.2.4)."""
+    assert storable([], config=CacheConfig(max_stale=0)) == (False, "no-freshness")
+    assert storable([("ETag", '"v1"')], config=CacheConfig(max_stale=0)) == (True, "")
+    for directive in ("no-cache", "must-revalidate", "proxy-revalidate"):
+        assert storable([("Cache-Control", directive)]) == (False, "no-freshness")
+    assert storable([("Cache-Control", "no-cache"), ("ETag", '"v1"')]) == (True, "")
+
+
+@pytest.mark.parametrize("status", [201, 302, 303, 307, 500, 503])
+def test_status_not_cacheable_by_default_is_not_stored_without_explicit_freshness(status):
+    """RFC 9111 §3: other statuses need max-age, s-maxage, Expires or public."""
+    assert storable([("ETag", '"v1"')], status=status) == (False, "no-freshness")
+    assert storable([], status=status) == (False, "no-freshness")
+    assert storable([("Cache-Control", "max-age=5")], status=status) == (True, "")
 
 
 def test_set_cookie_is_not_stored():

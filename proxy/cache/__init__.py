@@ -20,10 +20,21 @@ a socket, so every rule can be tested from header fields and a fake clock.
    ``max_object`` are dropped while they stream.
 4. **Invalidate** (section 4.4): a successful unsafe request (``POST``, ``PUT``, ...) removes the
    stored responses for its URL, and for same-origin ``Location``/``Content-Location``.
+5. **Serve stale** (section 4.2.4, RFC 5861): a ``stale`` :class:`Lookup` also says whether the
+   entry may stand in if the origin fails (``stale_on_error``, then
+   :meth:`HttpCache.serve_stale_on_error`) or may be served at once while a background
+   request revalidates it (``stale_while_revalidate``, then
+   :meth:`HttpCache.serve_while_revalidating`). The rules are in ``proxy.cache.stale``.
+
+Every way of answering from the store ends in a :class:`StoredAnswer`: the entry, the status
+to send (the entry's, or ``304`` when the client's own validators match) and the
+``Cache-Status`` value, so the proxy serves a revalidated, a stale and a fresh response alike.
 
 The rules live in :mod:`~proxy.cache.directives` (field syntax), :mod:`~proxy.cache.freshness`
 (storability, lifetime, age, reuse), :mod:`~proxy.cache.validation` (validators and header
-updates) and :mod:`~proxy.cache.store` (cache keys, ``Vary`` and the LRU); this module wires them.
+updates), ``proxy.cache.stale`` (stale serving), ``proxy.cache.ranges`` (``206``
+from a stored body) and :mod:`~proxy.cache.store` (cache keys, ``Vary`` and the LRU); this
+module wires them. ``proxy.cache.disk`` keeps the same entries on disk.
 """
 
 from __future__ import annotations
@@ -31,24 +42,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import urljoin
 
-from proxy.cache import freshness, validation
-from proxy.cache.directives import DELTA_SECONDS_MAX, CacheControl, format_http_date
-from proxy.cache.store import (
-    CacheStore,
-    StoredResponse,
-    normalize_url,
-    origin_of,
-    vary_key_for,
-    vary_names_of,
-)
+from proxy.cache import freshness, stale, validation
+from proxy.cache.directives import DELTA_SECONDS_MAX, CacheControl
+from proxy.cache.store import CacheStore, StoredResponse, normalize_url
 from proxy.cache.writer import CacheWriter
 from proxy.http11.headers import Headers
 
 # Only what this module defines: the re-exported names (``CacheWriter``, ``StoredResponse``,
 # ``normalize_url``) are documented in their own modules, so autodoc lists them once.
-__all__ = ["CacheConfig", "HttpCache", "Lookup"]
+__all__ = ["CacheConfig", "HttpCache", "Lookup", "StoredAnswer"]
 
 #: Methods that never invalidate (RFC 9110 section 9.2.1); every other one does (section 4.4).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
@@ -63,12 +66,20 @@ class CacheConfig:
     :ivar heuristic_fraction: share of the time since ``Last-Modified`` used as a heuristic
         freshness lifetime (RFC 9111 section 4.2.2 suggests 10 %).
     :ivar heuristic_cap: upper bound of a heuristic lifetime, in seconds.
+    :ivar max_stale: how stale, in seconds, a stored response may be when it is served
+        because the origin failed or under ``stale-while-revalidate``; ``0`` turns stale
+        serving off (see ``proxy.cache.stale`` for the default's reasoning). While it is
+        above zero, responses that may be stored but come with no lifetime and no validator
+        are kept too (stale at once), because an origin failure is the one time they serve.
+    :ivar cache_name: the cache's identifier in ``Cache-Status`` (RFC 9211 section 2).
     """
 
     max_bytes: int = 64 * 2**20
     max_object: int = 8 * 2**20
     heuristic_fraction: float = 0.1
     heuristic_cap: float = 86400.0
+    max_stale: float = stale.DEFAULT_MAX_STALE
+    cache_name: str = "minireactor"
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,11 @@ class Lookup:
         ``stale``; empty for ``fresh``.
     :ivar ttl: freshness lifetime minus current age in seconds (negative when stale), for the
         ``Cache-Status`` ``ttl`` parameter; ``None`` without an entry.
+    :ivar stale_on_error: for ``stale``: the entry may answer the request if the origin fails
+        (RFC 9111 section 4.2.4, RFC 5861 ``stale-if-error``), as judged at look-up time;
+        :meth:`HttpCache.serve_stale_on_error` judges again when the failure happens.
+    :ivar stale_while_revalidate: for ``stale``: the entry may be served at once while the
+        cache revalidates it in the background (RFC 5861 ``stale-while-revalidate``).
     """
 
     kind: str
@@ -95,6 +111,26 @@ class Lookup:
     not_modified: bool = False
     detail: str = ""
     ttl: float | None = None
+    stale_on_error: bool = False
+    stale_while_revalidate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    """A stored response chosen to answer one request, and how to send it.
+
+    :ivar entry: the stored response whose head (with ``Age``) and body are served.
+    :ivar status: ``entry.status``, or ``304`` when the client's own ``If-None-Match`` or
+        ``If-Modified-Since`` matches it (RFC 9111 section 4.3.2).
+    :ivar cache_status: the ``Cache-Status`` value to send (RFC 9211).
+    :ivar updated: for a revalidation: whether the origin's ``304`` freshened the stored entry
+        (``False`` when its validator selected no stored response, RFC 9111 section 4.3.4).
+    """
+
+    entry: StoredResponse
+    status: int
+    cache_status: str
+    updated: bool = True
 
 
 class HttpCache:
@@ -152,9 +188,66 @@ class HttpCache:
         if "only-if-cached" in request_cc:
             return Lookup("only-if-cached-miss", detail=why)
         conditions = validation.conditional_headers(entry.headers)
-        return Lookup(
-            "stale", entry, conditional_headers=conditions, detail=why, ttl=lifetime - age
+        permission = stale.stale_permission(
+            request_cc, response_cc, lifetime, age, self.config.max_stale
         )
+        return Lookup(
+            "stale",
+            entry,
+            conditional_headers=conditions,
+            detail=why,
+            ttl=lifetime - age,
+            stale_on_error=permission.on_error,
+            stale_while_revalidate=permission.while_revalidating,
+        )
+
+    def serve_while_revalidating(
+        self, found: Lookup, request_headers: Headers
+    ) -> StoredAnswer | None:
+        """The answer for a ``stale`` look-up that may be served at once (RFC 5861 §3).
+
+        ``None`` unless ``found.stale_while_revalidate``. The proxy sends the answer and
+        revalidates *found.entry* in the background (one request per URL), with
+        ``found.conditional_headers``.
+        """
+        entry = found.entry
+        if not found.stale_while_revalidate or entry is None:
+            return None
+        status = 304 if self.client_not_modified(entry, request_headers) else entry.status
+        ttl = found.ttl if found.ttl is not None else 0.0
+        return StoredAnswer(
+            entry, status, stale.revalidating_cache_status(ttl, self.config.cache_name)
+        )
+
+    def serve_stale_on_error(
+        self, entry: StoredResponse, request_headers: Headers, fwd_status: int | None
+    ) -> StoredAnswer | None:
+        """The answer when the origin failed and *entry* may stand in (RFC 9111 §4.2.4).
+
+        :param entry: the stale entry the request was forwarded to revalidate or replace.
+        :param request_headers: the client's request header fields.
+        :param fwd_status: the origin's status code, or ``None`` when no response head came
+            (connection refused or timed out, reset or closed before the head, no first byte
+            in time). Only ``None`` and ``500``/``502``/``503``/``504`` let a stale response
+            stand in (RFC 5861 section 4).
+        :returns: ``None`` when the error must reach the client: another status, a directive
+            forbids it, or the entry is now staler than allowed (the age is taken now, not at
+            look-up, since connecting may have taken seconds).
+        """
+        if not stale.is_origin_error(fwd_status):
+            return None
+        lifetime, _, response_cc = self._judge(entry)
+        age = self.current_age(entry)
+        request_cc = freshness.request_directives(request_headers)
+        permission = stale.stale_permission(
+            request_cc, response_cc, lifetime, age, self.config.max_stale
+        )
+        if not permission.on_error:
+            return None
+        self._store.touch(entry)
+        status = 304 if self.client_not_modified(entry, request_headers) else entry.status
+        cache_status = stale.error_cache_status(lifetime - age, fwd_status, self.config.cache_name)
+        return StoredAnswer(entry, status, cache_status)
 
     def storable(
         self,
@@ -169,7 +262,12 @@ class HttpCache:
         See :func:`proxy.cache.freshness.storable` for the rules and the reason tokens.
         """
         return freshness.storable(
-            method, status, request_headers, response_headers, self.config.max_object
+            method,
+            status,
+            request_headers,
+            response_headers,
+            self.config.max_object,
+            keep_without_lifetime=self.config.max_stale > 0,
         )
 
     def begin_store(
@@ -191,21 +289,11 @@ class HttpCache:
         ok, _ = self.storable(method, url, request_headers, status, response_headers)
         if not ok:
             return None
-        vary_names = vary_names_of(response_headers)
-        entry = StoredResponse(
-            url=normalize_url(url),
-            status=status,
-            reason=reason,
-            headers=validation.fields_for_storage(response_headers, response_time),
-            body=b"",
-            request_time=request_time,
-            response_time=response_time,
-            vary_names=vary_names,
-            vary_key=vary_key_for(request_headers, vary_names),
-        )
-        length = response_headers.get("Content-Length")
-        expected = int(length) if length is not None and length.strip().isdigit() else None
-        return CacheWriter(self._store, entry, expected, self.config.max_object)
+        entry = StoredResponse.for_response(
+            normalize_url(url), status, reason, response_headers, request_headers,
+            request_time, response_time,
+        )  # fmt: skip
+        return CacheWriter.for_response(self._store, entry, response_headers, self.config)
 
     def freshen(
         self,
@@ -226,12 +314,9 @@ class HttpCache:
         if not validation.validator_selects(entry.headers, response_304_headers):
             self._store.remove(entry)
             return None
-        headers = validation.freshened_fields(entry.headers, response_304_headers)
-        if "Age" not in response_304_headers:
-            headers.remove("Age")  # the old Age described the old response
-        if "Date" not in response_304_headers:
-            headers.set("Date", format_http_date(response_time))
-        entry.headers = headers
+        entry.headers = validation.freshened_fields(
+            entry.headers, response_304_headers, response_time
+        )
         entry.judgement = None
         entry.rendered = None
         entry.request_time = request_time
@@ -239,6 +324,44 @@ class HttpCache:
         self._store.resize(entry)
         self._store.touch(entry)
         return entry
+
+    def revalidated(
+        self,
+        entry: StoredResponse,
+        response_304_headers: Headers,
+        request_headers: Headers,
+        request_time: float,
+        response_time: float,
+    ) -> StoredAnswer:
+        """Answer a request whose revalidation of *entry* got ``304 Not Modified``.
+
+        For every 304 that answered the validators this cache sent for *entry*: never relay
+        it, since an unconditional client must get the stored ``200`` (RFC 9110 §15.4.5,
+        RFC 9111 §4.3.3); the status is ``304`` only when the client's own validators match.
+        A 304 that selects *entry* freshens it (:meth:`freshen`, ``updated``). One that does
+        not (another strong ``ETag``) may not update it (§4.3.4), but it still said "not
+        modified" to validators taken from *entry*: *entry* answers this request as it is and
+        leaves the store, so the next request fetches a copy the origin's validators fit.
+        """
+        freshened = self.freshen(entry, response_304_headers, request_time, response_time)
+        name = self.config.cache_name
+        if freshened is None:
+            cache_status = f"{name}; fwd=stale; fwd-status=304; detail=validator-mismatch"
+        else:
+            cache_status = f"{name}; fwd=stale; fwd-status=304"
+        status = 304 if self.client_not_modified(entry, request_headers) else entry.status
+        return StoredAnswer(entry, status, cache_status, updated=freshened is not None)
+
+    def adopt(self, entry: StoredResponse) -> bool:
+        """Put an entry found elsewhere (the disk store) into the memory store, as stored.
+
+        Its ``Vary`` key, times and header fields are kept; it replaces the variant with the
+        same key, as a new store would. :returns: ``False`` when it is too big to keep.
+        """
+        entry.judgement = None
+        entry.rendered = None
+        entry.size = entry.compute_size()
+        return self._store.put(entry)
 
     def _judge(self, entry: StoredResponse) -> tuple[float, float, CacheControl]:
         """Lifetime, corrected initial age and directives of *entry*, computed once."""
@@ -304,16 +427,7 @@ class HttpCache:
         """
         if method.upper() in SAFE_METHODS or not 200 <= status <= 399:
             return 0
-        target = normalize_url(url)
-        dropped = self._store.remove_url(target)
-        for name in ("Location", "Content-Location"):
-            value = response_headers.get(name)
-            if not value:
-                continue
-            other = normalize_url(urljoin(target, value.strip()))
-            if other != target and origin_of(other) == origin_of(target):
-                dropped += self._store.remove_url(other)
-        return dropped
+        return self._store.invalidate(normalize_url(url), response_headers)
 
     def age_seconds(self, entry: StoredResponse) -> int:
         """The ``Age`` value *entry* is served with now (whole seconds, RFC 9111 section 5.1)."""

@@ -11,9 +11,15 @@ kept here, away from the rules that use them.
 * ``delta-seconds`` arguments (section 1.2.2) are non-negative integers; a value too large to
   represent becomes 2147483648, and an invalid one is read as ``0`` so the response is
   treated as stale, as section 5.2 encourages for invalid freshness information.
-* HTTP-dates (RFC 9110 section 5.6.7) come in three historical formats; ``email.utils``
-  parses all of them. An unparsable date gives ``None`` and the caller decides what that means
-  (an invalid ``Expires`` means "already expired", RFC 9111 section 5.3).
+* HTTP-dates (RFC 9110 section 5.6.7) come in exactly three formats: the IMF-fixdate
+  ``Sun, 06 Nov 1994 08:49:37 GMT``, the obsolete RFC 850 form ``Sunday, 06-Nov-94 08:49:37
+  GMT`` and C's asctime ``Sun Nov  6 08:49:37 1994``. The grammar is case-sensitive and fixes
+  every space, comma and digit count, so each format is one anchored regular expression and
+  anything else (another zone such as ``UTC``, a two-digit year outside RFC 850, a missing
+  comma, doubled spaces, ``0``) is *invalid*. ``email.utils`` is deliberately not used: it
+  reads mail dates and accepts most of those mistakes. An invalid date gives ``None`` and the
+  caller decides what that means (an invalid ``Expires`` means "already expired", RFC 9111
+  section 5.3).
 * Entity tags (RFC 9110 section 8.8.3) are opaque quoted strings, optionally prefixed by ``W/``
   for weak ones. Caches compare them with the *weak comparison* (section 8.8.3.2): two tags match
   when their opaque parts are equal, whatever their weakness.
@@ -21,9 +27,11 @@ kept here, away from the rules that use them.
 
 from __future__ import annotations
 
+import calendar
 import email.utils
+import re
+import time
 from collections.abc import Iterable
-from datetime import UTC
 
 from proxy.http11.headers import Headers
 
@@ -145,21 +153,61 @@ def parse_delta_seconds(argument: str | None) -> int:
     return min(int(argument), DELTA_SECONDS_MAX)
 
 
-def parse_http_date(value: str | None) -> float | None:
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = {name: number for number, name in enumerate(_MONTH_NAMES, start=1)}
+_DAY = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_LONG_DAY = "(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
+_MONTH = "(?P<month>" + "|".join(_MONTH_NAMES) + ")"
+_TIME = r"(?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)"
+# re.ASCII: \d must mean 0-9 only, not every Unicode digit.
+_IMF_FIXDATE = re.compile(
+    rf"{_DAY}, (?P<day>\d\d) {_MONTH} (?P<year>\d{{4}}) {_TIME} GMT", re.ASCII
+)
+_RFC850_DATE = re.compile(
+    rf"{_LONG_DAY}, (?P<day>\d\d)-{_MONTH}-(?P<year>\d\d) {_TIME} GMT", re.ASCII
+)
+_ASCTIME_DATE = re.compile(
+    rf"{_DAY} {_MONTH} (?P<day>\d\d| \d) {_TIME} (?P<year>\d{{4}})", re.ASCII
+)
+
+
+def parse_http_date(value: str | None, now: float | None = None) -> float | None:
     """Parse an HTTP-date (RFC 9110 section 5.6.7) into a POSIX timestamp, or ``None``.
 
-    All three formats are accepted (IMF-fixdate, obsolete RFC 850 and asctime); a date without
-    a zone is read as GMT, as HTTP-dates always are.
+    Only the three formats of the grammar are accepted, case-sensitively: IMF-fixdate,
+    obsolete RFC 850 and asctime. A two-digit RFC 850 year that would be more than 50 years
+    after *now* (default: the current time) is read as the latest past year with the same
+    last two digits, as section 5.6.7 requires. Impossible dates (``31 Feb``, hour ``24``)
+    are invalid too. ``second`` may be ``60``, a leap second.
+
+    >>> parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT")
+    784111777.0
+    >>> parse_http_date("Sun, 06 Nov 1994 08:49:37 UTC") is None
+    True
     """
     if not value:
         return None
-    try:
-        moment = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
+    text = value.strip(" \t")
+    for pattern in (_IMF_FIXDATE, _RFC850_DATE, _ASCTIME_DATE):
+        found = pattern.fullmatch(text)
+        if found is not None:
+            break
+    else:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
+    year = int(found["year"])
+    if pattern is _RFC850_DATE:
+        this_year = time.gmtime(time.time() if now is None else now).tm_year
+        year += this_year - this_year % 100
+        if year > this_year + 50:
+            year -= 100
+    month = _MONTHS[found["month"]]
+    day = int(found["day"])
+    hour, minute, second = int(found["hour"]), int(found["minute"]), int(found["second"])
+    if year < 1 or hour > 23 or minute > 59 or second > 60:
+        return None
+    if not 1 <= day <= calendar.monthrange(year, month)[1]:
+        return None
+    return float(calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)))
 
 
 def format_http_date(timestamp: float) -> str:

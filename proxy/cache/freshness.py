@@ -10,9 +10,12 @@ fields and a few timestamps, so each is one function here.
    present and the status is understood (section 5.2.2.3); the response is not ``private``
    (section 5.2.2.7, qualified or not); a request with ``Authorization`` is only stored when the
    response says ``public``, ``s-maxage`` or ``must-revalidate`` (section 3.5); and the response
-   carries a way to compute freshness: ``s-maxage``, ``max-age`` or ``Expires``, or a status that
-   is *heuristically cacheable* (RFC 9110 section 15.1) or marked ``public``, together with a
-   ``Last-Modified`` to base the heuristic on (section 4.2.2).
+   is explicitly cacheable: ``s-maxage``, ``max-age`` or ``Expires``, or a status that is
+   *heuristically cacheable* (RFC 9110 section 15.1), or ``public``. Such a response is
+   *cacheable by default* even without a lifetime: with a ``Last-Modified`` it gets a heuristic
+   one (section 4.2.2); with only an ``ETag`` it is stale at once and revalidated with it; with
+   neither it is kept when stale serving is on (``proxy.cache.stale``), so the copy can
+   stand in when the origin fails.
    Two choices go beyond the RFC: responses with ``Set-Cookie`` are not stored (a shared cache
    would hand one user's cookie to the next; nginx and Varnish make the same default choice), and
    ``Vary: *`` responses are not stored since they could never be reused (section 4.1).
@@ -21,7 +24,8 @@ fields and a few timestamps, so each is one function here.
    a fraction (typically 10 %) of the time since ``Last-Modified``, capped (section 4.2.2).
 3. **How old is it now?** (:func:`current_age`, section 4.2.3.) Clocks disagree, so the age is
    estimated twice and the larger kept: the *apparent age* ``response_time - Date`` and the
-   *corrected Age value*, the origin's ``Age`` plus the time the request spent in flight. Then the
+   *corrected Age value*, the origin's ``Age`` (the first member when it is a list, section 5.1)
+   plus the time the request spent in flight. Then the
    time the response has spent in this cache is added.
 
 A stored response is *fresh* when its lifetime exceeds its current age (section 4.2). Whether it
@@ -32,6 +36,7 @@ may be reused without asking the origin also depends on the directives of both m
 from __future__ import annotations
 
 from proxy.cache.directives import CacheControl, parse_delta_seconds, parse_http_date
+from proxy.cache.stale import forbidding_directive
 from proxy.http11.headers import Headers
 
 #: Status codes whose responses may get a heuristic freshness lifetime (RFC 9110 section 15.1).
@@ -67,9 +72,14 @@ def storable(
     request_headers: Headers,
     response_headers: Headers,
     max_object: int,
+    keep_without_lifetime: bool = True,
 ) -> tuple[bool, str]:
     """Decide whether a shared cache may store a response (RFC 9111 section 3).
 
+    :param keep_without_lifetime: whether to store a response that section 3 allows but that
+        has no freshness lifetime and no validator (a plain ``200``): it is stale at once and
+        can neither be reused nor revalidated, so it only helps when stale responses may be
+        served on an origin error (the cache's ``max_stale`` is above zero).
     :returns: ``(True, "")``, or ``(False, reason)`` where *reason* is a short token fit for a
         ``Cache-Status`` detail: ``method``, ``status``, ``no-store``, ``private``,
         ``authorization``, ``set-cookie``, ``vary-star``, ``too-large`` or ``no-freshness``.
@@ -102,7 +112,13 @@ def storable(
         return False, "too-large"
     if has_explicit_expiration(response_cc, response_headers):
         return True, ""
-    if heuristic_allowed(status, response_cc) and _last_modified(response_headers) is not None:
+    if not heuristic_allowed(status, response_cc):
+        return False, "no-freshness"  # section 3: no explicit permission for this status
+    if _last_modified(response_headers) is not None or "ETag" in response_headers:
+        return True, ""  # a heuristic lifetime, or at least a validator to revalidate with
+    # Neither: the copy is only ever useful to serve stale on an origin error, so it is kept
+    # only while that is on and no directive forbids it (no-cache, must-revalidate...).
+    if keep_without_lifetime and forbidding_directive(response_cc) is None:
         return True, ""
     return False, "no-freshness"
 
@@ -176,14 +192,24 @@ def current_age(headers: Headers, request_time: float, response_time: float, now
         resident_time = now - response_time
         current_age = corrected_initial_age + resident_time
     """
-    age_header = headers.get("Age")
-    age_value = 0 if age_header is None else parse_delta_seconds(age_header)
+    age_value = age_field_value(headers)
     apparent_age = max(0.0, response_time - date_value(headers, response_time))
     response_delay = response_time - request_time
     corrected_age_value = age_value + response_delay
     corrected_initial_age = max(apparent_age, corrected_age_value)
     resident_time = now - response_time
     return corrected_initial_age + resident_time
+
+
+def age_field_value(headers: Headers) -> int:
+    """The ``Age`` a response arrived with, in seconds (RFC 9111 section 5.1).
+
+    ``Age`` is a singleton field, but a cache that meets a list (``Age: 7200, 0``, or two
+    ``Age`` lines) uses the first member and discards the rest; an invalid first member (not a
+    non-negative integer, such as ``-5`` or ``7200.0``) means the field is ignored: ``0``.
+    """
+    members = headers.get_list("Age")
+    return parse_delta_seconds(members[0]) if members else 0
 
 
 def reuse_verdict(

@@ -27,8 +27,9 @@ import functools
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
+from proxy.cache import validation
 from proxy.http11.headers import Headers
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -73,6 +74,23 @@ def origin_of(url: str) -> tuple[str, str, int | None]:
         port = None
     scheme = parts.scheme
     return scheme, (parts.hostname or ""), port or _DEFAULT_PORTS.get(scheme)
+
+
+def invalidation_urls(url: str, response_headers: Headers) -> list[str]:
+    """Normalised *url* and the same-origin ``Location``/``Content-Location`` URIs it names.
+
+    What a successful unsafe request invalidates (RFC 9111 section 4.4); other origins' URIs
+    are left alone, so one site cannot flush another's responses.
+    """
+    urls = [url]
+    for name in ("Location", "Content-Location"):
+        value = response_headers.get(name)
+        if not value:
+            continue
+        other = normalize_url(urljoin(url, value.strip()))
+        if other not in urls and origin_of(other) == origin_of(url):
+            urls.append(other)
+    return urls
 
 
 def vary_names_of(response_headers: Headers) -> tuple[str, ...]:
@@ -133,6 +151,34 @@ class StoredResponse:
 
     def __post_init__(self) -> None:
         self.size = self.compute_size()
+
+    @classmethod
+    def for_response(
+        cls,
+        url: str,
+        status: int,
+        reason: str,
+        response_headers: Headers,
+        request_headers: Headers,
+        request_time: float,
+        response_time: float,
+    ) -> StoredResponse:
+        """A new entry (body still empty) for a response to a request, keyed by its ``Vary``.
+
+        *url* is already normalised; the fields are filtered for storage (RFC 9111 §3.1).
+        """
+        vary_names = vary_names_of(response_headers)
+        return cls(
+            url=url,
+            status=status,
+            reason=reason,
+            headers=validation.fields_for_storage(response_headers, response_time),
+            body=b"",
+            request_time=request_time,
+            response_time=response_time,
+            vary_names=vary_names,
+            vary_key=vary_key_for(request_headers, vary_names),
+        )
 
     def compute_size(self) -> int:
         """Return the approximate number of bytes this entry holds."""
@@ -229,6 +275,14 @@ class CacheStore:
         for key in keys:
             self._drop(key)
         return len(keys)
+
+    def invalidate(self, url: str, response_headers: Headers) -> int:
+        """Drop normalised *url* and the same-origin URIs in ``Location``/``Content-Location``.
+
+        RFC 9111 section 4.4, once the caller has checked the method and status.
+        :returns: the number of variants dropped.
+        """
+        return sum(self.remove_url(other) for other in invalidation_urls(url, response_headers))
 
     def clear(self) -> None:
         """Drop everything."""

@@ -133,11 +133,13 @@ def validator_selects(stored: Headers, new: Headers) -> bool:
     return True
 
 
-def freshened_fields(stored: Headers, new: Headers) -> Headers:
+def freshened_fields(stored: Headers, new: Headers, response_time: float) -> Headers:
     """Merge the fields of a ``304`` into stored ones (RFC 9111 sections 3.2 and 4.3.4).
 
     Every field of *new* replaces all stored fields of the same name, except ``Content-Length``,
-    hop-by-hop fields and ``Set-Cookie``, which are never taken from a ``304``.
+    hop-by-hop fields and ``Set-Cookie``, which are never taken from a ``304``. The stored
+    ``Age`` goes when the 304 has none (it described the old response), and a 304 without
+    ``Date`` dates the result from *response_time*, when it arrived.
     """
     skipped = _unstored_names(new) | NOT_UPDATED
     merged = stored.copy()
@@ -150,6 +152,10 @@ def freshened_fields(stored: Headers, new: Headers) -> Headers:
         merged.remove(name)
         for value in new.get_all(name):
             merged.add(name, value)
+    if "Age" not in new:
+        merged.remove("Age")
+    if "Date" not in new:
+        merged.set("Date", format_http_date(response_time))
     return merged
 
 

@@ -16,7 +16,15 @@ endings:
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from proxy.cache.store import CacheStore, StoredResponse
+from proxy.http11.headers import Headers
+
+
+class _Limits(Protocol):
+    @property
+    def max_object(self) -> int: ...
 
 
 class CacheWriter:
@@ -41,6 +49,15 @@ class CacheWriter:
         self._received = 0
         self._closed = False
         self.abandoned = False
+
+    @classmethod
+    def for_response(
+        cls, store: CacheStore, entry: StoredResponse, response_headers: Headers, limits: _Limits
+    ) -> CacheWriter:
+        """A writer for *entry* expecting the body length the response announced, if any."""
+        length = response_headers.get("Content-Length")
+        expected = int(length) if length is not None and length.strip().isdigit() else None
+        return cls(store, entry, expected, limits.max_object)
 
     def write(self, data: bytes | memoryview) -> None:
         """Add a chunk of the body; past ``max_object`` give up silently and free the buffer."""
