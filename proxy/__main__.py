@@ -118,6 +118,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _stale_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError("must be 0 seconds or more")
+    return value
+
+
 def _parent(text: str) -> str:
     from .parent import parse_parent
 
@@ -287,6 +297,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.cache_max_object,
         help="largest response stored (8M)",
     )
+    cache.add_argument(
+        "--max-stale",
+        type=_stale_seconds,
+        default=defaults.max_stale,
+        metavar="S",
+        help="how stale a stored response may be to stand in for a failing origin; 0: never "
+        "(%(default)s)",
+    )
+    cache.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="keep the cache on disk in DIR too, shared by restarts and --workers",
+    )
+    cache.add_argument(
+        "--cache-dir-size",
+        type=_size,
+        default=defaults.cache_dir_size,
+        help="bytes the --cache-dir may hold (1G)",
+    )
     lim = parser.add_argument_group("limits and timeouts (seconds)")
     for flag, field, text in (
         ("--head-timeout", "head_timeout", "to receive a whole request head (408)"),
@@ -349,6 +378,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cache_enabled=not args.no_cache,
         cache_size=args.cache_size,
         cache_max_object=args.cache_max_object,
+        max_stale=args.max_stale,
+        cache_dir=args.cache_dir,
+        cache_dir_size=args.cache_dir_size,
         head_timeout=args.head_timeout,
         keepalive_timeout=args.keepalive_timeout,
         connect_timeout=args.connect_timeout,
@@ -375,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_conns = default_max_conns()  # so --print-config shows the effective value
     if args.print_config:
         origin = "defaults, then " + (f"{source.path}, then " if source.path else "") + "flags"
-        sizes = {"cache_size": _size_text, "cache_max_object": _size_text}
+        sizes = {n: _size_text for n in ("cache_size", "cache_max_object", "cache_dir_size")}
         sys.stdout.write(dump(args, parser, origin, sizes))
         return 0
     config = config_from_args(args)

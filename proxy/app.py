@@ -37,8 +37,10 @@ from .auth import Authenticator, AuthFileError
 from .auth import load as load_auth_file
 from .blocklist import EMPTY, Blocklist, parse
 from .blocklist.watch import BlocklistWatcher, ReloadReport
+from .cache.disk import DiskStore
 from .config import Config
 from .configfile import ConfigReloader, ConfigSource, Reload
+from .diskcache import DiskCache
 from .http11 import Limits
 from .metrics import MetricsSnapshot
 from .metrics import render as render_metrics
@@ -104,7 +106,14 @@ class ProxyServer:
         self.auth: Authenticator | None = (
             load_auth_file(config.auth_file) if config.auth_file else None
         )
-        self.cache_step = CacheStep(reactor, config) if config.cache_enabled else None
+        # The disk tier's thread opens its folder (a read the loop must not do).
+        self.disk: DiskCache | None = None
+        if config.cache_enabled and config.cache_dir:
+            folder, size = config.cache_dir, config.cache_dir_size
+            self.disk = DiskCache(reactor, lambda: DiskStore(folder, size))
+        self.cache_step = (
+            CacheStep(reactor, config, disk=self.disk) if config.cache_enabled else None
+        )
         self.network = ReactorNetwork(reactor, self.resolver)
         self.tunnel_kit = TunnelKit(IdleSweep(reactor, config.idle_timeout), self.pipes)
         self.context = self._build_context(config)
@@ -480,6 +489,8 @@ class ProxyServer:
             self._publisher.stop()
         if self.access_log is not None:
             self.access_log.close()
+        if self.disk is not None:
+            self.disk.close()  # joins its thread once the queued writes are done
         if self.pipes is not None:
             self.pipes.close()
         if self.watcher is not None:

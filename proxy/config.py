@@ -90,6 +90,16 @@ class Config:
     """Total bytes the cache may hold (an LRU evicts beyond it)."""
     cache_max_object: int = 8 * MiB
     """Largest response body stored; bigger ones are relayed untouched."""
+    max_stale: float = 86400.0
+    """Seconds past its freshness a stored response may still stand in for a failing origin
+    (RFC 9111 section 4.2.4; ``stale-if-error`` and ``stale-while-revalidate`` within it);
+    0 turns stale serving off. A day rides out a night's outage without serving a dead
+    origin's pages for weeks (Squid allows a week)."""
+    cache_dir: str | None = None
+    """A folder for a persistent cache shared by restarts and ``--workers``, behind the memory
+    cache (SQLite index, bodies in files); None keeps the cache in memory only."""
+    cache_dir_size: int = 1024 * MiB
+    """Bytes the ``cache_dir`` may hold, over every process using it (LRU beyond)."""
     collapse_wait: float = 5.0
     """How long a request waits for an identical fetch in flight before going upstream."""
 
@@ -205,6 +215,9 @@ RESTART_SETTINGS: frozenset[str] = frozenset(
         "cache_enabled",  # the cache's store is sized and allocated once
         "cache_size",
         "cache_max_object",
+        "max_stale",  # the cache's rules are built once with it
+        "cache_dir",  # the disk store is opened once
+        "cache_dir_size",
         "max_request_line",  # the parser limits go into every session's shared context
         "max_header_bytes",
         "max_header_fields",

@@ -573,6 +573,44 @@ class FakeNetwork:
         return self.clock.call_soon(callback, attach, None)
 
 
+class FakeDisk:
+    """The cache's disk tier, in memory: answers a look-up only when the test says so."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.entries: dict[str, object] = {}
+        self.pending: list[tuple[object, str, Callable[..., None]]] = []
+
+    def select(self, url: str, request_headers: object, callback: Callable[..., None]):  # noqa: ANN201
+        from minireactor import Handle
+
+        handle = Handle(callback, ())
+        self.pending.append((handle, url, callback))
+        return handle
+
+    def answer(self) -> None:
+        """Deliver every look-up asked so far (what it holds, or None)."""
+        pending, self.pending = self.pending, []
+        for handle, url, callback in pending:
+            if not handle.cancelled:
+                entry = self.entries.get(url)
+                callback(entry, "" if entry is not None else "uri-miss")
+        self.clock.run()
+
+    def put(self, entry, callback=None) -> bool:  # noqa: ANN001
+        self.entries[entry.url] = entry
+        return True
+
+    def update(self, entry) -> None:  # noqa: ANN001
+        self.entries[entry.url] = entry
+
+    def remove(self, entry) -> None:  # noqa: ANN001
+        self.entries.pop(entry.url, None)
+
+    def invalidate(self, url: str, response_headers: object, callback=None) -> None:  # noqa: ANN001
+        self.entries.pop(url, None)
+
+
 class FakeHost:
     """The server as a session sees it."""
 
@@ -618,7 +656,11 @@ class FakeWorld:
     """A proxy's sessions with everything real but the I/O: build clients and origins on it."""
 
     def __init__(
-        self, blocklist: str = "", hosts: dict[str, str] | None = None, **config: object
+        self,
+        blocklist: str = "",
+        hosts: dict[str, str] | None = None,
+        disk: FakeDisk | bool = False,
+        **config: object,
     ) -> None:
         from proxy.blocklist import parse
         from proxy.config import Config
@@ -641,8 +683,14 @@ class FakeWorld:
         self.pool = UpstreamPool(
             clock, config_.upstream_idle_timeout, config_.max_idle_upstreams_per_host
         )
+        # A disk tier: a new one, or one another world filled (a restarted proxy).
+        self.disk = disk if isinstance(disk, FakeDisk) else FakeDisk(clock) if disk else None
+        if self.disk is not None:
+            self.disk.clock = clock
         self.cache = (
-            CacheStep(clock, config_, clock=clock.wall_time) if config_.cache_enabled else None
+            CacheStep(clock, config_, clock=clock.wall_time, disk=self.disk)
+            if config_.cache_enabled
+            else None
         )
         own = {("127.0.0.1", 4095)}
         self.context = SessionContext(

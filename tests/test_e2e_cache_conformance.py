@@ -1,12 +1,10 @@
-"""End to end, issue 17: the cache's conformance fixes and what the session still has to wire.
+"""End to end, issue 17: the cache's conformance fixes, stale serving, ranges and the disk tier.
 
 A scripted origin (below) answers each request with the next response of a script, and can be
 stopped for good (listener closed, every connection shut), which the shared ``OriginServer``
 cannot: its keep-alive handler threads outlive ``stop()``.
 
-Tests marked ``xfail(strict=True)`` describe behaviour whose pure part exists in
-``proxy.cache`` but whose session wiring does not yet; each reason names what is missing.
-Once wired, they pass, and strictness turns that into a failure until the marker goes.
+Each test failed before its fix (the ones wired in the session were first strict xfails).
 """
 
 from __future__ import annotations
@@ -144,12 +142,6 @@ NOW = time.time
 # -- defect 1: a 304 after the cache's own revalidation ------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the session wiring: CacheStep.on_response_head must answer every 304 to "
-    "plan.conditional with HttpCache.revalidated() (today a 304 whose ETag does not select "
-    "the entry falls through to Tee and is relayed)",
-)
 def test_304_with_a_new_etag_gives_an_unconditional_client_the_stored_200(proxy, scripted):
     """RFC 9110 §15.4.5, RFC 9111 §4.3.3-4.3.4: the client did not ask for a 304."""
     modified = format_http_date(NOW() - 3600)
@@ -224,14 +216,6 @@ def test_if_modified_since_is_compared_with_date_without_last_modified(proxy, sc
 
 # -- serving stale when the origin fails (RFC 9111 §4.2.4, RFC 5861 stale-if-error) --------------
 
-STALE_WIRING = (
-    "needs the session wiring: on an origin failure with a stale plan.entry (connect error, "
-    "reset before the head, 5xx head) call HttpCache.serve_stale_on_error() and serve its "
-    "StoredAnswer instead of the error"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=STALE_WIRING)
 def test_a_stopped_origin_is_replaced_by_the_cached_copy(proxy, scripted):
     """The classic proxy-lab check: fetch, stop the origin, fetch again, get the copy.
 
@@ -248,7 +232,6 @@ def test_a_stopped_origin_is_replaced_by_the_cached_copy(proxy, scripted):
     assert "fwd=stale" in fields["cache-status"] and "stale-if-error" in fields["cache-status"]
 
 
-@pytest.mark.xfail(strict=True, reason=STALE_WIRING)
 @pytest.mark.parametrize("failure", ["503", "reset"])
 def test_a_failing_origin_is_replaced_by_the_stale_copy(proxy, scripted, failure):
     """RFC 5861 §4: a 5xx or a connection cut before the head, within stale-if-error."""
@@ -282,12 +265,6 @@ def test_must_revalidate_forbids_serving_stale_when_the_origin_is_gone(proxy, sc
 # -- stale-while-revalidate (RFC 5861 §3) ---------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the session wiring: when Lookup.stale_while_revalidate, serve "
-    "HttpCache.serve_while_revalidating() at once and start one background revalidation per "
-    "URL through the collapsed-forwarding table",
-)
 def test_stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(proxy, scripted):
     """The client never waits for the slow origin; the next client sees the new copy."""
     slow = threading.Event()
@@ -317,11 +294,6 @@ def test_stale_while_revalidate_answers_at_once_and_refreshes_in_the_background(
 # -- ranges from a stored response (RFC 9110 §14) -------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the session wiring: on a fresh hit for a GET with Range, serve "
-    "proxy.cache.ranges.answer_range() (206 / 416) instead of the whole 200",
-)
 def test_a_range_of_a_stored_response_is_served_from_the_cache(proxy, scripted):
     """RFC 9110 §14.2, §15.3.7: 206 with Content-Range, cut from the stored body."""
     origin = scripted(lambda n, r: response(200, b"0123456789", Cache_Control="max-age=600"))
@@ -334,11 +306,6 @@ def test_a_range_of_a_stored_response_is_served_from_the_cache(proxy, scripted):
 # -- the disk tier (--cache-dir) ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs the wiring: Config.cache_dir / --cache-dir DIR, a DiskCache behind the "
-    "memory cache (select on a memory miss, put on store, update on 304, invalidate)",
-)
 def test_a_restarted_proxy_serves_hits_from_the_cache_dir(make_proxy, scripted, tmp_path):
     """Issue 17 item 7: what one proxy stored, the next one (same folder) serves."""
     origin = scripted(lambda n, r: response(200, f"copy {n}".encode(), Cache_Control="max-age=600"))

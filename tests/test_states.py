@@ -606,6 +606,107 @@ def clients_gone_while_dialing() -> list[FakeClient]:
     return [looking, shaking, forwarding]
 
 
+def _stale_copy(world: FakeWorld, cache_control: str = "max-age=1") -> FakeClient:
+    """Store a response that goes stale in a second, on a connection the origin closes."""
+    first = world.client()
+    first.send(GET)
+    world.clock.run()
+    world.origin().feed(
+        b"HTTP/1.1 200 OK\r\nCache-Control: %s\r\nConnection: close\r\n"
+        b"Content-Length: 5\r\n\r\nhello" % cache_control.encode()
+    )
+    world.clock.advance(5)
+    return first
+
+
+@story
+def stale_copies_stand_in_for_a_failing_origin() -> list[FakeClient]:
+    """Unresolvable, refused, a 503, a silent origin: the stale copy answers instead."""
+    clients = []
+    for failure in ("resolve", "refuse", "503", "silent"):
+        world = FakeWorld(first_byte_timeout=10.0)
+        clients.append(_stale_copy(world))
+        if failure == "resolve":
+            world.network.hosts.pop("origin.test")
+        elif failure == "refuse":
+            world.network.refusing.add(("127.0.0.1", 80))
+        client = world.client()
+        clients.append(client)
+        client.send(GET)
+        if failure == "503":
+            world.origin().feed(b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\n\r\nbusy")
+        elif failure == "silent":
+            world.clock.advance(11)
+        sent = client.transport.take()
+        assert sent.startswith(b"HTTP/1.1 200 OK") and sent.endswith(b"hello"), (failure, sent)
+        assert b"fwd=stale" in sent
+        state = {"resolve": "RESOLVING", "refuse": "CONNECTING"}.get(failure, "FORWARDING")
+        assert (state, "STALE_ON_ERROR", "SERVING_FROM_CACHE") in moves_of(client), failure
+    return clients
+
+
+@story
+def stale_while_revalidate_answers_at_once() -> list[FakeClient]:
+    """The stale copy goes out at once; one background request refreshes it."""
+    world = FakeWorld()
+    first = _stale_copy(world, "max-age=1, stale-while-revalidate=600")
+    quick, quicker = world.client(), world.client()
+    quick.send(GET)
+    quicker.send(GET)
+    for client in (quick, quicker):
+        assert client.triggers()[:3] == ["HEAD_RECEIVED", "CACHEABLE", "STALE_HIT"]
+        assert client.transport.take().endswith(b"hello")
+    assert len(world.network.connections) == 2, "one revalidation for both clients"
+    world.origin().feed(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 5\r\n\r\nfresh"
+    )
+    later = world.client()
+    later.send(GET)
+    assert later.triggers()[2] == "FRESH_HIT" and later.transport.take().endswith(b"fresh")
+    return [first, quick, quicker, later]
+
+
+@story
+def the_disk_tier_serves_what_a_restarted_proxy_stored() -> list[FakeClient]:
+    """What one world stored on its disk, a second world (same disk) serves as a hit."""
+    before = FakeWorld(disk=True)
+    writer = before.client()
+    writer.send(GET)
+    before.disk.answer()  # not on disk yet: forward
+    before.origin().feed(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 5\r\n\r\nsaved"
+    )
+    after = FakeWorld(disk=before.disk)
+    reader, leaver = after.client(), after.client()
+    reader.send(GET)
+    leaver.send(GET.replace("/page", "/other"))
+    assert reader.state is S.LOOKING_UP_CACHE, "waiting for the disk"
+    leaver.transport.lose()
+    after.disk.answer()
+    assert reader.triggers() == ["HEAD_RECEIVED", "CACHEABLE", "FRESH_HIT", "RESPONSE_DONE"]
+    assert reader.transport.take().endswith(b"saved") and after.network.dialed == []
+    assert moves_of(leaver)[-1] == ("LOOKING_UP_CACHE", "CLIENT_GONE", "CLOSED")
+    return [writer, reader, leaver]
+
+
+@story
+def a_range_is_cut_from_the_stored_copy() -> list[FakeClient]:
+    world = FakeWorld()
+    first = world.client()
+    first.send(GET)
+    world.origin().feed(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 10\r\n\r\n0123456789"
+    )
+    ranged, beyond = world.client(), world.client()
+    ranged.send(GET.replace("\r\n\r\n", "\r\nRange: bytes=2-5\r\n\r\n"))
+    beyond.send(GET.replace("\r\n\r\n", "\r\nRange: bytes=20-\r\n\r\n"))
+    sent = ranged.transport.take()
+    assert sent.startswith(b"HTTP/1.1 206 ") and b"Content-Range: bytes 2-5/10" in sent
+    assert sent.endswith(b"\r\n\r\n2345")
+    assert beyond.transport.status_line().startswith("HTTP/1.1 416 ")
+    return [first, ranged, beyond]
+
+
 @story
 def revalidated_not_modified() -> list[FakeClient]:
     """A stale stored response with an ETag: the origin says 304, the stored body is served."""

@@ -16,6 +16,7 @@ endings:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from proxy.cache.store import CacheStore, StoredResponse
@@ -49,6 +50,8 @@ class CacheWriter:
         self._received = 0
         self._closed = False
         self.abandoned = False
+        self.on_commit: Callable[[StoredResponse], None] | None = None
+        """Called with the entry once it is stored (the disk tier keeps a copy)."""
 
     @classmethod
     def for_response(
@@ -90,7 +93,11 @@ class CacheWriter:
         if entry.status not in (204, 304):
             entry.headers.set("Content-Length", str(len(body)))
         entry.size = entry.compute_size()
-        return entry if self._store.put(entry) else None
+        if not self._store.put(entry):
+            return None
+        if self.on_commit is not None:
+            self.on_commit(entry)
+        return entry
 
     def abort(self) -> None:
         """Forget the body: a partial or aborted response is never stored (RFC 9111 §3.3)."""

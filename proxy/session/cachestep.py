@@ -34,9 +34,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from minireactor import TimerHandle
+from minireactor import Handle, TimerHandle
 
-from ..cache import CacheConfig, HttpCache
+from ..cache import CacheConfig, HttpCache, StoredAnswer
+from ..cache.ranges import RangeAnswer
 from ..cache.store import StoredResponse
 from ..cache.writer import CacheWriter
 from ..config import Config
@@ -51,11 +52,50 @@ SLICE = 256 * 1024
 _RENDERED_PER_ENTRY = 8
 
 
+class DiskTier(Protocol):
+    """The persistent store behind the memory one (:class:`proxy.diskcache.DiskCache`): it
+    works on its own thread and answers on the loop."""
+
+    def select(
+        self,
+        url: str,
+        request_headers: Headers,
+        callback: Callable[[StoredResponse | None, str], None],
+    ) -> Handle:
+        """Look *url* up; *callback* gets the entry (or None) and why not, on the loop."""
+        ...
+
+    def put(self, entry: StoredResponse, callback: Callable[[bool], None] | None = None) -> bool:
+        """Keep a copy of *entry* (queued; False if shed)."""
+        ...
+
+    def update(self, entry: StoredResponse) -> None:
+        """*entry*'s header fields and times changed (a revalidation freshened it)."""
+        ...
+
+    def remove(self, entry: StoredResponse) -> None:
+        """Forget *entry*."""
+        ...
+
+    def invalidate(
+        self,
+        url: str,
+        response_headers: Headers,
+        callback: Callable[[int], None] | None = None,
+    ) -> None:
+        """Forget *url* and the same-origin URLs an unsafe request's response names."""
+        ...
+
+
 class CacheWaiter(Protocol):
     """A session waiting in WAITING_FOR_CACHE for an identical fetch."""
 
     def cache_wait_over(self, expired: bool) -> None:
         """Look up again: the fetch finished, or (*expired*) the wait was long enough."""
+        ...
+
+    def cache_lookup_ready(self) -> None:
+        """The disk tier answered (what it found is now in memory): look up again."""
         ...
 
 
@@ -74,6 +114,9 @@ class CachePlan:
     waited: bool = False
     request_time: float = 0.0
     wait_timer: TimerHandle | None = None
+    disk_asked: bool = False
+    """The disk tier was asked already (once per request is enough)."""
+    disk_lookup: Handle | None = None
 
 
 class Hit(NamedTuple):
@@ -102,7 +145,19 @@ class Miss(NamedTuple):
     result: str
 
 
-LookupOutcome = Hit | Wait | OnlyIfCachedMiss | Miss
+class StaleHit(NamedTuple):
+    """Serve the stale *answer* now (``stale-while-revalidate``); with *revalidate* set,
+    start the one background revalidation of the URL with those validators."""
+
+    answer: StoredAnswer
+    revalidate: Headers | None
+
+
+class AskingDisk(NamedTuple):
+    """Not in memory: the disk tier is looking; :meth:`CacheWaiter.cache_lookup_ready` follows."""
+
+
+LookupOutcome = Hit | StaleHit | Wait | AskingDisk | OnlyIfCachedMiss | Miss
 
 
 class Refreshed(NamedTuple):
@@ -123,7 +178,13 @@ class Tee(NamedTuple):
     """A new result code for the access log, or None to keep the session's."""
 
 
-HeadOutcome = Refreshed | Tee
+class StandIn(NamedTuple):
+    """The origin failed (a 5xx here): serve this stored answer instead (stale-if-error)."""
+
+    answer: StoredAnswer
+
+
+HeadOutcome = Refreshed | Tee | StandIn
 
 
 @dataclass(eq=False)
@@ -136,20 +197,33 @@ class CacheStep:
     """Connects :class:`~proxy.cache.HttpCache` to the sessions of one proxy."""
 
     def __init__(
-        self, scheduler: Scheduler, config: Config, clock: Callable[[], float] = time.time
+        self,
+        scheduler: Scheduler,
+        config: Config,
+        clock: Callable[[], float] = time.time,
+        disk: DiskTier | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.clock = clock
         self.collapse_wait = config.collapse_wait
         self.via_pseudonym = config.via_pseudonym
         self.cache = HttpCache(
-            CacheConfig(max_bytes=config.cache_size, max_object=config.cache_max_object), clock
+            CacheConfig(
+                max_bytes=config.cache_size,
+                max_object=config.cache_max_object,
+                max_stale=config.max_stale,
+            ),
+            clock,
         )
+        self.disk = disk
+        """The persistent tier behind the memory store (``--cache-dir``), or None."""
         self.inflight: dict[str, _Inflight] = {}
         self.hits = 0
         self.misses = 0
         self.revalidations = 0
         self.collapsed = 0
+        self.stale_served = 0
+        self.disk_hits = 0
 
     # -- LOOKING_UP_CACHE ------------------------------------------------------------------------
 
@@ -168,10 +242,29 @@ class CacheStep:
             if found.not_modified:
                 return Hit(found.entry, 304, cache_status, "TCP_IMS_HIT")
             return Hit(found.entry, found.entry.status, cache_status, "TCP_HIT")
+        if found.kind in ("miss", "only-if-cached-miss") and self.disk and not plan.disk_asked:
+            # Not in memory: perhaps on disk (stored by another worker, or before a restart).
+            # The disk answers on its thread; what it finds joins the memory store first.
+            plan.disk_asked = True
+            plan.disk_lookup = self.disk.select(
+                url, request.headers, lambda entry, _why: self._disk_answered(plan, entry)
+            )
+            return AskingDisk()
         if found.kind == "only-if-cached-miss":
             self.misses += 1
             return OnlyIfCachedMiss("minireactor; fwd=miss; detail=only-if-cached")
         flight = self.inflight.get(url)
+        if found.kind == "stale":
+            answer = cache.serve_while_revalidating(found, request.headers)
+            if answer is not None:
+                # RFC 5861 section 3: the client gets the stored copy at once; one request per
+                # URL revalidates it in the background (none if one is already on its way).
+                self.stale_served += 1
+                self.hits += 1
+                revalidate = None
+                if flight is None and request.method == "GET":
+                    revalidate = found.conditional_headers or Headers()
+                return StaleHit(answer, revalidate)
         if flight is not None and flight.leader is not plan and not plan.waited:
             self.collapsed += 1
             plan.waited = True
@@ -188,12 +281,25 @@ class CacheStep:
         else:
             cache_status = f"minireactor; fwd={found.detail or 'uri-miss'}"
         if flight is None and request.method == "GET":
-            plan.leader = True
-            self.inflight[url] = _Inflight(plan)
+            self.lead(plan)
         return Miss(cache_status, "TCP_MISS")
+
+    def lead(self, plan: CachePlan) -> None:
+        """Make *plan*'s request the one at the origin that identical requests wait for."""
+        plan.leader = True
+        self.inflight[plan.url] = _Inflight(plan)
+
+    def _disk_answered(self, plan: CachePlan, entry: StoredResponse | None) -> None:
+        plan.disk_lookup = None
+        if entry is not None and self.cache.adopt(entry):
+            self.disk_hits += 1
+        plan.waiter.cache_lookup_ready()
 
     def request_ended(self, plan: CachePlan) -> None:
         """The request is over (answered, failed or abandoned): wake the ones waiting for it."""
+        if plan.disk_lookup is not None:
+            plan.disk_lookup.cancel()
+            plan.disk_lookup = None
         if plan.wait_timer is not None:
             plan.wait_timer.cancel()
             plan.wait_timer = None
@@ -218,6 +324,18 @@ class CacheStep:
                 flight.waiters.remove(plan)
         plan.waiter.cache_wait_over(expired)
 
+    def stand_in(self, plan: CachePlan | None, request: Request) -> StoredAnswer | None:
+        """A stored answer for a request whose origin failed before its head (stale-if-error).
+
+        For the request's stale entry, when one was being revalidated and may still serve.
+        """
+        if plan is None or plan.entry is None:
+            return None
+        answer = self.cache.serve_stale_on_error(plan.entry, request.headers, None)
+        if answer is not None:
+            self.stale_served += 1
+        return answer
+
     # -- FORWARDING: the response head decides what the cache does -------------------------------
 
     def on_response_head(
@@ -228,26 +346,37 @@ class CacheStep:
         response: Response,
         cache_status: str | None,
     ) -> HeadOutcome:
-        """Tee, refresh or invalidate, for the response head that answered *request*."""
+        """Tee, refresh, stand in or invalidate, for the head that answered *request*."""
         cache = self.cache
         url = target.url
         now = self.clock()
         if request.method not in ("GET", "HEAD"):
             cache.invalidate(request.method, url, response.status, response.headers)
+            if self.disk is not None and 200 <= response.status < 400:
+                self.disk.invalidate(url, response.headers)
             return Tee(None, cache_status, None)
         if plan is None:
             return Tee(None, cache_status, None)
         request_time = plan.request_time or now
-        if response.status == 304 and plan.entry is not None and plan.conditional is not None:
-            entry = cache.freshen(plan.entry, response.headers, request_time, now)
-            if entry is not None:
-                status = 304 if cache.client_not_modified(entry, request.headers) else entry.status
-                return Refreshed(
-                    entry,
-                    status,
-                    "minireactor; fwd=stale; fwd-status=304",
-                    "TCP_REFRESH_UNMODIFIED",
-                )
+        entry = plan.entry
+        if response.status == 304 and entry is not None and plan.conditional is not None:
+            # Never relay this 304: the client may have asked unconditionally (RFC 9110
+            # section 15.4.5); the stored response, freshened, answers.
+            answer = cache.revalidated(entry, response.headers, request.headers, request_time, now)
+            if self.disk is not None:
+                if answer.updated:
+                    self.disk.update(answer.entry)
+                else:
+                    self.disk.remove(answer.entry)
+            return Refreshed(
+                answer.entry, answer.status, answer.cache_status, "TCP_REFRESH_UNMODIFIED"
+            )
+        if entry is not None and response.status >= 500:
+            # Before begin_store: a 5xx must never replace the good copy (RFC 5861 section 4).
+            stood_in = cache.serve_stale_on_error(entry, request.headers, response.status)
+            if stood_in is not None:
+                self.stale_served += 1
+                return StandIn(stood_in)
         # We asked "still the same?" and it was not.
         result = "TCP_REFRESH_MODIFIED" if plan.conditional is not None else None
         if request.method != "GET":
@@ -263,6 +392,8 @@ class CacheStep:
             now,
         )
         if writer is not None:
+            if self.disk is not None:
+                writer.on_commit = self._keep_on_disk
             return Tee(writer, f"{cache_status}; stored", result)
         _, why = cache.storable(
             request.method, url, request.headers, response.status, response.headers
@@ -302,6 +433,21 @@ class CacheStep:
         rendered[key] = head
         return head
 
+    def _keep_on_disk(self, entry: StoredResponse) -> None:
+        if self.disk is not None:
+            self.disk.put(entry)  # queued for the disk's thread; shed if too much is queued
+
+    def range_head(
+        self, entry: StoredResponse, answer: RangeAnswer, cache_status: str, connection: str
+    ) -> bytes:
+        """The head of a ``206`` cut from a stored response (built each time: rare)."""
+        headers = strip_hop_by_hop(answer.head_fields(self.cache.response_headers_for(entry)))
+        add_via(headers, "HTTP/1.1", self.via_pseudonym)
+        headers.add("Cache-Status", cache_status)
+        if connection:
+            headers.add("Connection", connection)
+        return serialize_response_head(answer.status, reason_phrase(answer.status), headers)
+
     def snapshot(self) -> dict[str, Any]:
         """Numbers for the status page."""
         looked_up = self.hits + self.misses
@@ -314,6 +460,9 @@ class CacheStep:
             "misses": self.misses,
             "revalidations": self.revalidations,
             "collapsed": self.collapsed,
+            "stale_served": self.stale_served,
+            "disk": self.disk is not None,
+            "disk_hits": self.disk_hits,
             "hit_ratio": round(self.hits / looked_up, 4) if looked_up else 0.0,
         }
 
@@ -340,7 +489,7 @@ class BodySender:
 
     __slots__ = ("sink", "body", "offset", "paused", "reusable")
 
-    def __init__(self, sink: BodySink, body: bytes, reusable: bool) -> None:
+    def __init__(self, sink: BodySink, body: bytes | memoryview, reusable: bool) -> None:
         self.sink = sink
         self.body = memoryview(body)
         self.offset = 0

@@ -40,6 +40,8 @@ from minireactor import Protocol as StreamProtocol
 from minireactor.splice import PipePool
 
 from ..accesslog import AccessRecord
+from ..cache.ranges import answer_range
+from ..cache.store import StoredResponse
 from ..config import Config
 from ..http11 import (
     NEED_DATA,
@@ -64,6 +66,7 @@ from ..tunnel import IdleSweep, Tunnel
 from ..upstream import Upstream, UpstreamPool
 from .cachestep import (
     SLICE,
+    AskingDisk,
     BodySender,
     CachePlan,
     CacheStep,
@@ -71,6 +74,8 @@ from .cachestep import (
     Miss,
     OnlyIfCachedMiss,
     Refreshed,
+    StaleHit,
+    StandIn,
     Wait,
 )
 from .context import Attach, Network, Scheduler, SessionHost
@@ -78,6 +83,7 @@ from .dialer import Dialer, DialError, DialFailure
 from .exchange import Exchange, OriginFailure, RelayPlan
 from .guard import guarded
 from .local import LocalPages
+from .revalidate import BackgroundRevalidation
 from .states import Observer, SessionState, StateMachine, Trigger
 
 log = logging.getLogger("proxy.session")
@@ -411,7 +417,15 @@ class ClientSession(StreamProtocol):
         outcome = cache.look_up(plan, request)
         if isinstance(outcome, Hit):
             self.machine.fire(T.FRESH_HIT)
-            self._serve_stored(outcome.entry.body, outcome)
+            self._serve_stored(outcome.entry, outcome.status, outcome.cache_status, outcome.result)
+        elif isinstance(outcome, StaleHit):
+            self.machine.fire(T.STALE_HIT)
+            if outcome.revalidate is not None:
+                self._revalidate_in_background(outcome.answer.entry, outcome.revalidate)
+            answer = outcome.answer
+            self._serve_stored(answer.entry, answer.status, answer.cache_status, "TCP_STALE_HIT")
+        elif isinstance(outcome, AskingDisk):
+            pass  # still LOOKING_UP_CACHE: cache_lookup_ready follows
         elif isinstance(outcome, Wait):
             self.machine.fire(T.FETCH_IN_PROGRESS)
         elif isinstance(outcome, OnlyIfCachedMiss):
@@ -424,12 +438,35 @@ class ClientSession(StreamProtocol):
             self.log.result = outcome.result
             self._find_upstream(T.MISS)
 
+    def _revalidate_in_background(self, entry: StoredResponse, conditional: Headers) -> None:
+        request, target = self.request, self.target
+        assert request is not None and target is not None
+        BackgroundRevalidation(self.ctx, request, target, entry, conditional).start()
+
     @guarded
     def cache_wait_over(self, expired: bool) -> None:
         """The identical fetch finished, or the wait expired: look the request up again."""
         if self.machine.state is S.WAITING_FOR_CACHE:
             self.machine.fire(T.WAIT_EXPIRED if expired else T.FETCH_FINISHED)
             self._look_up_cache()
+
+    @guarded
+    def cache_lookup_ready(self) -> None:
+        """The disk tier answered: look up again, the memory store now holds what it found."""
+        if self.machine.state is S.LOOKING_UP_CACHE:
+            self._look_up_cache()
+
+    def _stand_in(self) -> bool:
+        """The origin failed before its head: serve the stale copy if it may (stale-if-error)."""
+        cache, request = self.ctx.cache, self.request
+        if cache is None or request is None:
+            return False
+        answer = cache.stand_in(self.cache_plan, request)
+        if answer is None:
+            return False
+        self.machine.fire(T.STALE_ON_ERROR)
+        self._serve_stored(answer.entry, answer.status, answer.cache_status, "TCP_REFRESH_FAIL_OLD")
+        return True
 
     # -- RESOLVING and CONNECTING ----------------------------------------------------------------
 
@@ -485,8 +522,10 @@ class ClientSession(StreamProtocol):
         self._start_exchange(upstream)
 
     def dial_failed(self, failure: DialFailure) -> None:
-        """The origin cannot be reached: say why."""
+        """The origin cannot be reached: a stale copy stands in, or say why."""
         self.dialer = None
+        if failure.error is not DialError.FORBIDDEN_ADDRESS and self._stand_in():
+            return
         self.machine.fire(_DIAL_TRIGGERS[failure.error])
         self.answer_error(failure.status, failure.detail, result=failure.result)
 
@@ -552,7 +591,20 @@ class ClientSession(StreamProtocol):
                 exchange, self.exchange = self.exchange, None
                 assert exchange is not None
                 exchange.discard_response()
-                self._serve_stored(outcome.entry.body, outcome)
+                self._serve_stored(
+                    outcome.entry, outcome.status, outcome.cache_status, outcome.result
+                )
+                return None
+            if isinstance(outcome, StandIn):
+                # A 5xx, and the stale copy may stand in: the error's body is not read.
+                self.machine.fire(T.STALE_ON_ERROR)
+                self.deadline.disarm()
+                exchange, self.exchange = self.exchange, None
+                assert exchange is not None
+                exchange.abandon()
+                answer = outcome.answer
+                result = "TCP_REFRESH_FAIL_OLD"
+                self._serve_stored(answer.entry, answer.status, answer.cache_status, result)
                 return None
             if outcome.result is not None:
                 self.log.result = outcome.result
@@ -580,6 +632,8 @@ class ClientSession(StreamProtocol):
                 self.deadline.disarm()
                 self.machine.fire(T.RETRY)
                 self._dial()
+                return
+            if self._stand_in():
                 return
             self.machine.fire(T.UPSTREAM_FAILED)
             self.answer_error(failure.status, failure.detail, close=not self.request_complete)
@@ -617,6 +671,8 @@ class ClientSession(StreamProtocol):
             return
         self.exchange.abandon()
         self.exchange = None
+        if self._stand_in():
+            return
         self.machine.fire(T.FIRST_BYTE_TIMEOUT)
         timeout = self.ctx.config.first_byte_timeout
         hop = self.hop
@@ -697,7 +753,9 @@ class ClientSession(StreamProtocol):
 
     # -- SERVING_FROM_CACHE ----------------------------------------------------------------------
 
-    def _serve_stored(self, body: bytes, hit: Hit | Refreshed) -> None:
+    def _serve_stored(
+        self, entry: StoredResponse, status: int, cache_status: str, result: str
+    ) -> None:
         request, cache = self.request, self.ctx.cache
         assert request is not None and cache is not None
         reusable = self._finish_reading_request() and self.client_keeps_alive()
@@ -705,12 +763,32 @@ class ClientSession(StreamProtocol):
             connection = "close"
         else:
             connection = "keep-alive" if request.version == "HTTP/1.0" else ""
-        self.log.status = hit.status
-        self.log.result = hit.result
-        self.log.cache_status = hit.cache_status
-        self.log.content_type = hit.entry.headers.get("content-type")
-        self.send_to_client(cache.head_for(hit.entry, hit.status, hit.cache_status, connection))
-        if request.method == "HEAD" or hit.status == 304 or not body:
+        record = self.log
+        record.status = status
+        record.result = result
+        record.cache_status = cache_status
+        record.content_type = entry.headers.get("content-type")
+        body: bytes | memoryview = entry.body
+        ranged = None
+        if status == 200 and "range" in request.headers:
+            ranged = answer_range(
+                request.method, request.headers, status, entry.headers, entry.body
+            )
+        if ranged is not None and ranged.status == 206:
+            record.status = 206
+            self.send_to_client(cache.range_head(entry, ranged, cache_status, connection))
+            body = ranged.body
+        elif ranged is not None:  # 416: the range is not in the stored body
+            record.status = 416
+            page = error_page(416, "the requested range is not in the resource")
+            extra = ranged.fields.copy()
+            extra.add("Cache-Status", cache_status)
+            self.send_to_client(simple_response(416, page, close=not reusable, extra=extra))
+            self.finish_request(reusable)
+            return
+        else:
+            self.send_to_client(cache.head_for(entry, status, cache_status, connection))
+        if request.method == "HEAD" or status == 304 or not body:
             self.finish_request(reusable)
             return
         if len(body) <= SLICE:

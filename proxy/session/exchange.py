@@ -220,7 +220,7 @@ class Exchange:
     def __init__(
         self,
         owner: ExchangeOwner,
-        client: TransportLike,
+        client: TransportLike | None,
         upstream: Upstream,
         request: Request,
         target: Target,
@@ -230,7 +230,9 @@ class Exchange:
         parent: ParentProxy | None = None,
     ) -> None:
         self.owner = owner
-        self.client = client  # corked while a read's events are relayed; written through owner
+        # Corked while a read's events are relayed, written through the owner; None for a
+        # revalidation the proxy makes on its own, with no client to answer.
+        self.client = client
         self.upstream = upstream
         self.request = request
         self.target = target
@@ -354,6 +356,9 @@ class Exchange:
     def upstream_readable(self) -> None:
         """Relay every response event the origin's bytes complete, the client corked."""
         client = self.client
+        if client is None:
+            self._relay_events()
+            return
         client.cork()
         try:
             self._relay_events()

@@ -70,6 +70,7 @@ class Trigger(enum.Enum):
     ALLOWED = "the request may go to its origin"
     POOLED_UPSTREAM = "an idle connection to the origin was reused"
     FRESH_HIT = "the cache holds a fresh response"
+    STALE_HIT = "a stale response may be served while it is revalidated in the background"
     ONLY_IF_CACHED_MISS = "only-if-cached, and nothing usable is stored"
     FETCH_IN_PROGRESS = "an identical request is at the origin"
     FETCH_FINISHED = "the identical request finished"
@@ -85,6 +86,7 @@ class Trigger(enum.Enum):
     NOT_MODIFIED = "the origin confirmed the stored response"
     RETRY = "a reused origin connection died before answering"
     UPSTREAM_FAILED = "the origin failed"
+    STALE_ON_ERROR = "the origin failed, and a stored response may stand in"
     FIRST_BYTE_TIMEOUT = "the origin sent no response in time"
     RELAY_STALLED = "no byte moved for the idle timeout"
     UPGRADED = "the origin switched protocols"
@@ -139,10 +141,12 @@ TABLE: Mapping[SessionState, Mapping[Trigger, SessionState]] = MappingProxyType(
         },
         S.LOOKING_UP_CACHE: {
             T.FRESH_HIT: S.SERVING_FROM_CACHE,
+            T.STALE_HIT: S.SERVING_FROM_CACHE,
             T.ONLY_IF_CACHED_MISS: S.ANSWERING,
             T.FETCH_IN_PROGRESS: S.WAITING_FOR_CACHE,
             T.MISS: S.RESOLVING,
             T.POOLED_UPSTREAM: S.FORWARDING,
+            T.CLIENT_GONE: S.CLOSED,  # while the disk tier looks
             T.INTERNAL_ERROR: S.CLOSING,
         },
         S.WAITING_FOR_CACHE: {
@@ -162,6 +166,7 @@ TABLE: Mapping[SessionState, Mapping[Trigger, SessionState]] = MappingProxyType(
             T.RESOLVE_FAILED: S.ANSWERING,
             T.DENIED: S.ANSWERING,
             T.DIAL_TIMEOUT: S.ANSWERING,
+            T.STALE_ON_ERROR: S.SERVING_FROM_CACHE,
             T.CLIENT_GONE: S.CLOSED,
             T.INTERNAL_ERROR: S.CLOSING,
         },
@@ -170,6 +175,7 @@ TABLE: Mapping[SessionState, Mapping[Trigger, SessionState]] = MappingProxyType(
             T.TUNNEL_CONNECTED: S.TUNNEL_OPEN,
             T.CONNECT_FAILED: S.ANSWERING,
             T.DIAL_TIMEOUT: S.ANSWERING,
+            T.STALE_ON_ERROR: S.SERVING_FROM_CACHE,
             T.CLIENT_GONE: S.CLOSED,
             T.INTERNAL_ERROR: S.CLOSING,
         },
@@ -179,6 +185,7 @@ TABLE: Mapping[SessionState, Mapping[Trigger, SessionState]] = MappingProxyType(
             T.RETRY: S.RESOLVING,
             T.UPSTREAM_FAILED: S.ANSWERING,
             T.FIRST_BYTE_TIMEOUT: S.ANSWERING,
+            T.STALE_ON_ERROR: S.SERVING_FROM_CACHE,
             T.BAD_REQUEST: S.ANSWERING,
             T.CLIENT_GONE: S.CLOSED,
             T.INTERNAL_ERROR: S.CLOSING,
