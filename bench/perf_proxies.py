@@ -51,6 +51,7 @@ PROXIES = (
     "baseline",
     "ours-nosplice",
     "ours-cache",
+    "ours-cachedir",
     "ours-2w",
     "squid",
     "squid-cache",
@@ -105,6 +106,7 @@ def start_ours(
     repo: Path = REPO,
     name: str | None = None,
     log_beside_blocklist: bool = False,
+    cache_dir: Path | None = None,
 ) -> Proc:
     """``python -m proxy`` on a free port with an empty blocklist, default flags otherwise.
 
@@ -128,6 +130,9 @@ def start_ours(
     if workers > 1:
         flags += ["--workers", str(workers)]
         label = f"ours-{workers}w"
+    if cache_dir is not None:
+        cache_dir.mkdir(exist_ok=True)
+        flags += ["--cache-dir", str(cache_dir)]  # the disk tier behind the memory cache
     label = name or label
     port = free_port()
     rules = tmp / f"blocklist-{label}"  # one per instance: no watcher sees another's files
@@ -337,6 +342,11 @@ def start_proxy(
             )
         if name == "ours-cache":
             return start_ours(stack, tmp, origin, cache=True, access_log=logs, name=name)
+        if name == "ours-cachedir":
+            return start_ours(
+                stack, tmp, origin, cache=True, access_log=logs, name=name,
+                cache_dir=tmp / "cache-dir",
+            )  # fmt: skip
         if name == "ours-2w":
             return start_ours(
                 stack, tmp, origin, cache=False, access_log=logs, workers=2, name=name

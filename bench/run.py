@@ -59,6 +59,7 @@ from perf_proxies import PROXIES, start_proxy  # noqa: E402
 from perf_report import SCENARIOS, THROUGHPUT, plot, report, summarize, write_json  # noqa: E402
 
 MEMORY = ("tunnels", "slow-http", "slow-connect")
+CACHING = ("ours-cache", "ours-cachedir", "squid-cache")  # the hit path, not the big transfers
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -217,7 +218,7 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace, tmp: Path, stack: Sta
             for rep in range(cfg["reps"]):
                 for scenario in tput:
                     for name, proc in [("direct", None), *procs.items()]:
-                        if name in ("ours-cache", "squid-cache") and scenario.endswith("256m"):
+                        if name in CACHING and scenario.endswith("256m"):
                             continue  # bigger than the cache's largest object: same as no cache
                         if name == "ours-nosplice" and scenario != "connect-256m":
                             continue  # splice only changes how tunnel bytes move
@@ -241,7 +242,7 @@ def run_all(cfg: dict[str, Any], args: argparse.Namespace, tmp: Path, stack: Sta
     origin.hold_port = holder
     for scenario in [s for s in cfg["scenarios"] if s in MEMORY]:
         # A memory scenario caches nothing and logs a line or none.
-        skip = ("ours-cache", "squid-cache", "floor", "ours-nolog", "ours-logbeside")
+        skip = (*CACHING, "floor", "ours-nolog", "ours-logbeside")
         names = ["direct"] + [p for p in cfg["proxies"] if p not in skip]
         reps = cfg["reps"] if scenario == "tunnels" else 1
         if scenario != "tunnels":

@@ -152,7 +152,7 @@ def squid_line(r: AccessRecord) -> str:
     )
     # The common case checked in three C calls: no field added a space, a control character
     # or a non-ASCII one (empty fields already read "-").
-    if rest.count(" ") == 8 and rest.isascii() and rest.isprintable() and r.method and r.url:
+    if rest.count(" ") == 7 and rest.isascii() and rest.isprintable() and r.method and r.url:
         return head + rest + "\n"
     return head + (
         f"{_token(r.client_ip)} {r.result}/{r.status:03d} {r.bytes_sent} {_token(r.method)} "
@@ -267,6 +267,8 @@ FORMATS: dict[str, Formatter] = {
 }
 """``--access-log-format`` names and the functions that make their lines (newline included)."""
 
+_USES_REQUEST_FIELDS = frozenset({combined_line, json_line})
+
 
 # -- where the bytes go -------------------------------------------------------------------------
 
@@ -359,6 +361,9 @@ class AccessLog:
     ) -> None:
         self._sink = sink
         self._format = formatter
+        self.wants_request_fields = formatter in _USES_REQUEST_FIELDS
+        """Whether lines show the request's ``Referer`` and ``User-Agent`` (the session looks
+        them up only then)."""
         self._scheduler = scheduler
         self._max_buffered = max_buffered
         self._lines: list[str] = []

@@ -404,3 +404,33 @@ def test_stream_sinks_are_not_closed(tmp_path):
 def test_named_tuple_records_are_immutable():
     with pytest.raises(AttributeError):
         RECORD.status = 500  # type: ignore[misc]
+
+
+def test_a_plain_squid_line_takes_the_fast_path(monkeypatch):
+    """No field needs escaping: the line is built without the per-field escaping helper."""
+    from proxy import accesslog
+
+    def escaping(_text):  # noqa: ANN001, ANN202
+        raise AssertionError("the escaping path ran for a plain record")
+
+    monkeypatch.setattr(accesslog, "_token", escaping)
+    record = accesslog.AccessRecord(
+        1.0, 0.1, "127.0.0.1", 5, "GET", "http://x/", 200, 10, result="TCP_HIT",
+        content_type="text/plain",
+    )  # fmt: skip
+    assert accesslog.squid_line(record).endswith(" HIER_NONE/- text/plain\n")
+
+
+def test_only_the_formats_that_show_them_need_the_request_fields():
+    from proxy.accesslog import FORMATS, AccessLog
+
+    class Nowhere:
+        def write(self, data: bytes) -> None: ...
+        def reopen(self) -> None: ...
+        def close(self) -> None: ...
+
+    wants = {
+        name: AccessLog(Nowhere(), f, scheduler=None).wants_request_fields  # type: ignore[arg-type]
+        for name, f in FORMATS.items()
+    }
+    assert wants == {"squid": False, "combined": True, "json": True}

@@ -216,6 +216,7 @@ def test_if_modified_since_is_compared_with_date_without_last_modified(proxy, sc
 
 # -- serving stale when the origin fails (RFC 9111 §4.2.4, RFC 5861 stale-if-error) --------------
 
+
 def test_a_stopped_origin_is_replaced_by_the_cached_copy(proxy, scripted):
     """The classic proxy-lab check: fetch, stop the origin, fetch again, get the copy.
 

@@ -943,7 +943,11 @@ class ClientSession(StreamProtocol):
         if plan is not None and ctx.cache is not None:
             ctx.cache.request_ended(plan)
         request, hop = self.request, self.hop
-        headers = request.headers if request is not None else NO_HEADERS
+        access_log = ctx.stats.access_log
+        referer = user_agent = None
+        if request is not None and access_log is not None and access_log.wants_request_fields:
+            referer = request.headers.get("referer")
+            user_agent = request.headers.get("user-agent")
         if hop is None or entry.result.startswith(("TCP_HIT", "TCP_IMS_HIT", "TCP_LOCAL")):
             hierarchy, peer = "HIER_NONE", None
         else:
@@ -967,8 +971,8 @@ class ClientSession(StreamProtocol):
                 hierarchy,
                 peer,
                 entry.content_type,
-                headers.get("referer"),
-                headers.get("user-agent"),
+                referer,
+                user_agent,
             )
         )
         entry.bytes_received = 0
