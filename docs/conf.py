@@ -55,7 +55,7 @@ nitpick_ignore_regex = [
     (
         "py:class",
         r"(collections\.abc|typing|socket|selectors|argparse|threading|ipaddress"
-        r"|concurrent\.futures|enum|dataclasses|logging|pathlib|os|types|collections)\..*",
+        r"|concurrent\.futures|enum|dataclasses|logging|pathlib|os|types|collections|sqlite3)\..*",
     ),
     ("py:class", r"(Any|Callable|Iterable|Iterator|Mapping|Sequence|Protocol|TypeVar|F|NoneType)"),
     (
@@ -81,6 +81,7 @@ nitpick_ignore = [
     ("py:class", "~Params"),
     ("py:class", "proxy.session.diagram.S"),
     ("py:class", "proxy.session.diagram.T"),
+    ("py:class", "Warn"),  # a Callable alias in proxy.cache.disk's signatures
     ("py:class", "proxy.http11.parser._Parser"),
 ]
 
