@@ -246,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     pol.add_argument(
         "--deny-private",
         action="store_true",
-        help="refuse targets in loopback, link-local and private ranges",
+        help="refuse targets that resolve to an address not globally routable "
+        "(private, loopback, link-local, shared, multicast...)",
     )
     pol.add_argument(
         "--auth-file",

@@ -146,7 +146,9 @@ class Config:
     allow: tuple[str, ...] = ()
     """Client networks allowed (CIDR); empty admits any client that can reach the socket."""
     deny_private: bool = False
-    """Refuse targets in loopback, link-local and private ranges."""
+    """Refuse targets that resolve to any address not globally routable (private, loopback,
+    link-local, shared 100.64/10, multicast, documentation, and the IPv4-mapped, 6to4 and
+    NAT64 forms of those)."""
     auth_file: str | None = None
     """File of ``user:hash`` lines enabling Basic proxy authentication."""
     admin_users: tuple[str, ...] = ()

@@ -138,6 +138,9 @@ def _convert(
         converted = [parser._get_values(action, [text]) for text in texts]
     except argparse.ArgumentError as exc:
         raise ValueError(exc.message) from None
+    if isinstance(action, argparse._ExtendAction):
+        # An "extend" flag's converter gives a list per text (--parent-bypass a,b): one list.
+        return [item for part in converted for item in part]
     return converted if isinstance(action, argparse._AppendAction) else converted[0]
 
 

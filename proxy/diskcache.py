@@ -187,8 +187,12 @@ class DiskCache:
         store: DiskStore | None = None
         try:
             store = self._open_store()
-        except Exception:
-            log.exception("disk cache unavailable; serving from memory and the origin only")
+        except Exception as exc:  # noqa: BLE001 - any reason: one line, and carry on from memory
+            log.warning(
+                "disk cache unavailable (%s: %s); serving from memory and the origin only",
+                type(exc).__name__,
+                exc,
+            )
         try:
             while True:
                 job = self._jobs.get()

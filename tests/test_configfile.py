@@ -414,3 +414,12 @@ def test_the_reloader_reports_a_surprise_and_keeps_working(tmp_path, reactor: Re
     assert results[0].config is running and "converter bug" in (results[0].error or "")
     reactor.call_soon(broken.request)  # not stuck "running"
     assert reactor.run_until(lambda: len(results) == 2, timeout=20)
+
+
+def test_parent_bypass_in_a_file_is_one_flat_list_either_way(tmp_path):
+    """A list and a comma-separated string give the same list; --print-config reads back."""
+    for text in ('["a.example", "10.0.0.0/8"]', '"a.example,10.0.0.0/8"'):
+        config = source(
+            tmp_path, f'parent = "http://127.0.0.1:3128"\nparent-bypass = {text}\n'
+        ).load()
+        assert config.parent_bypass == ("a.example", "10.0.0.0/8")

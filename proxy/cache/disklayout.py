@@ -20,7 +20,7 @@ Layout::
     DIR/index.sqlite3        the index (+ -wal, -shm while open)
     DIR/index.lock           taken (flock) only while replacing a broken index
     DIR/bodies/3f/3fa9...c1.body             a body: 32 hex digits, fanned out by the first two
-    DIR/bodies/3f/.3fa9...c1.<pid>.tmp       a body being written
+    DIR/bodies/3f/.3fa9...c1.body.<pid>.tmp  a body being written
 
 **Nothing on disk is trusted.** Bodies are checked on every read against the length and
 BLAKE2b digest in their index row, so a torn or altered file is never served (it is dropped,

@@ -145,8 +145,22 @@ def persists(version: str, connection: frozenset[str]) -> bool:
     return version == "HTTP/1.0" and "keep-alive" in connection
 
 
+# The phrases RFC 9110 renamed; the interpreter's HTTPStatus still has the old ones.
+_RFC9110_PHRASES = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+
+
 def reason_phrase(status: int) -> str:
-    """Return the standard reason phrase for *status* (``"OK"``), or ``""`` if unknown."""
+    """Return the standard reason phrase for *status* (``"OK"``), or ``""`` if unknown.
+
+    The phrases are RFC 9110's (section 15), which renamed a few.
+    """
+    if status in _RFC9110_PHRASES:
+        return _RFC9110_PHRASES[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:

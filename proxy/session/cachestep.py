@@ -207,11 +207,15 @@ class CacheStep:
         self.clock = clock
         self.collapse_wait = config.collapse_wait
         self.via_pseudonym = config.via_pseudonym
+        # The cache's name in Cache-Status (RFC 9211): the Via name, so that two chained
+        # instances (with different --via-name) can be told apart in one field.
+        self.name = name = config.via_pseudonym
         self.cache = HttpCache(
             CacheConfig(
                 max_bytes=config.cache_size,
                 max_object=config.cache_max_object,
                 max_stale=config.max_stale,
+                cache_name=name,
             ),
             clock,
         )
@@ -233,12 +237,12 @@ class CacheStep:
         cache = self.cache
         if not cache.is_cacheable_request(request.method, request.headers):
             self.misses += 1
-            return Miss("minireactor; fwd=bypass", "TCP_MISS")
+            return Miss(f"{self.name}; fwd=bypass", "TCP_MISS")
         found = cache.lookup(request.method, url, request.headers)
         if found.kind == "fresh":
             assert found.entry is not None
             self.hits += 1
-            cache_status = f"minireactor; hit; ttl={int(found.ttl or 0)}"
+            cache_status = f"{self.name}; hit; ttl={int(found.ttl or 0)}"
             if found.not_modified:
                 return Hit(found.entry, 304, cache_status, "TCP_IMS_HIT")
             return Hit(found.entry, found.entry.status, cache_status, "TCP_HIT")
@@ -252,7 +256,7 @@ class CacheStep:
             return AskingDisk()
         if found.kind == "only-if-cached-miss":
             self.misses += 1
-            return OnlyIfCachedMiss("minireactor; fwd=miss; detail=only-if-cached")
+            return OnlyIfCachedMiss(f"{self.name}; fwd=miss; detail=only-if-cached")
         flight = self.inflight.get(url)
         if found.kind == "stale":
             answer = cache.serve_while_revalidating(found, request.headers)
@@ -277,9 +281,13 @@ class CacheStep:
             plan.conditional = found.conditional_headers
             if plan.conditional is not None:
                 self.revalidations += 1
-            cache_status = f"minireactor; fwd=stale; detail={found.detail or 'stale'}"
+            if found.detail == "request":
+                # Usable but for the request's own directives (no-cache, max-age=0...).
+                cache_status = f"{self.name}; fwd=request"
+            else:
+                cache_status = f"{self.name}; fwd=stale; detail={found.detail or 'stale'}"
         else:
-            cache_status = f"minireactor; fwd={found.detail or 'uri-miss'}"
+            cache_status = f"{self.name}; fwd={found.detail or 'uri-miss'}"
         if flight is None and request.method == "GET":
             self.lead(plan)
         return Miss(cache_status, "TCP_MISS")
@@ -398,7 +406,7 @@ class CacheStep:
         _, why = cache.storable(
             request.method, url, request.headers, response.status, response.headers
         )
-        return Tee(None, f"{cache_status}; detail={why}", result)
+        return Tee(None, _with_detail(cache_status, why), result)
 
     # -- SERVING_FROM_CACHE ----------------------------------------------------------------------
 
@@ -514,3 +522,12 @@ class BodySender:
                 return
         if self.offset >= len(self.body):
             sink.stored_body_sent(self.reusable)
+
+
+def _with_detail(cache_status: str | None, why: str) -> str:
+    """*cache_status* with its ``detail`` saying *why* (RFC 9211 allows one detail per field).
+
+    Why a response was not stored says more than why it was fetched, so it wins.
+    """
+    kept = [p for p in (cache_status or "").split("; ") if p and not p.startswith("detail=")]
+    return "; ".join([*kept, f"detail={why}"])

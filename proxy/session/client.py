@@ -431,7 +431,10 @@ class ClientSession(StreamProtocol):
         elif isinstance(outcome, OnlyIfCachedMiss):
             self.machine.fire(T.ONLY_IF_CACHED_MISS)
             self.log.cache_status = outcome.cache_status
-            self.answer_error(504, "only-if-cached: the cache holds no usable response")
+            extra = Headers([("Cache-Status", outcome.cache_status)])
+            self.answer_error(
+                504, "only-if-cached: the cache holds no usable response", extra=extra
+            )
         else:
             assert isinstance(outcome, Miss)
             self.log.cache_status = outcome.cache_status
@@ -780,6 +783,7 @@ class ClientSession(StreamProtocol):
             body = ranged.body
         elif ranged is not None:  # 416: the range is not in the stored body
             record.status = 416
+            record.content_type = "text/html; charset=utf-8"  # the page sent, not the entry
             page = error_page(416, "the requested range is not in the resource")
             extra = ranged.fields.copy()
             extra.add("Cache-Status", cache_status)
