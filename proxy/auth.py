@@ -238,13 +238,17 @@ class Authenticator:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def user_for(self, headers: Headers, client: str | None = None) -> str | None:
+    def user_for(
+        self, headers: Headers, client: str | None = None, field: str = "proxy-authorization"
+    ) -> str | None:
         """The authenticated user named by *headers*' ``Proxy-Authorization``, or None.
 
         :param client: the client's IP address (the transport's peer address without its
             port), whose hashing budget pays for a look-up the caches cannot answer.
+        :param field: the field to read: ``authorization`` for a request sent to the proxy
+            as an origin (its own pages, scraped or opened in a browser directly).
         """
-        value = headers.get("proxy-authorization")
+        value = headers.get(field)
         if value is None:
             return None
         digest = hashlib.sha256(value.encode("latin-1")).digest()

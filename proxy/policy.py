@@ -115,6 +115,18 @@ class PolicyStep:
         """
         if self.auth is None:
             return None
+        if request.target.startswith("/"):
+            # Sent to the proxy as to an origin (a browser on the dashboard, a Prometheus
+            # scrape): those clients answer WWW-Authenticate with Authorization (RFC 9110
+            # section 11.6), not Proxy-Authenticate.
+            user = self.auth.user_for(request.headers, client, "authorization")
+            if user is None:
+                user = self.auth.user_for(request.headers, client)
+            if user is not None:
+                return user
+            given = "authorization" in request.headers
+            detail = "wrong credentials" if given else "the proxy's pages require authentication"
+            return Refusal(401, detail, Headers([("WWW-Authenticate", CHALLENGE)]))
         user = self.auth.user_for(request.headers, client)
         if user is not None:
             return user

@@ -135,10 +135,15 @@ def test_connect_needs_credentials_too(auth_proxy, raw_origin):
 
 
 def test_own_pages_need_credentials(auth_proxy):
-    status, _headers, _body = _ask(
+    """Asked directly (origin-form), the pages answer 401 and take Authorization, as a
+    browser or a Prometheus scrape with basic_auth sends it."""
+    status, headers, _body = _ask(
         auth_proxy, b"GET /stats.json HTTP/1.1\r\nHost: localhost\r\n\r\n"
     )
-    assert status == 407
+    assert status == 401 and headers["www-authenticate"].startswith("Basic ")
+    credentials = _basic("alice", "s3cret")
+    wire = f"GET /metrics HTTP/1.1\r\nHost: localhost\r\nAuthorization: {credentials}\r\n\r\n"
+    assert _ask(auth_proxy, wire.encode())[0] == 200
 
 
 def test_curl_authenticates(auth_proxy, origin):
