@@ -224,3 +224,36 @@ def test_many_invalid_lines_are_counted_not_all_logged(
     invalid = [r.getMessage() for r in caplog.records if "invalid rule" in r.getMessage()]
     assert len(invalid) == watch.LOGGED_ERRORS + 1
     assert "480 more invalid rules skipped" in invalid[-1]
+
+
+def test_a_log_written_beside_the_blocklist_does_not_wake_the_watcher(tmp_path, monkeypatch):
+    """An access log (or "2> proxy.log") in the blocklist's folder is written once per
+    request: the native observer must not be woken by those writes at all."""
+    woken_by: list[str] = []
+    original = watch._Handler.on_any_event
+
+    def recording(self, event):  # noqa: ANN001, ANN202
+        woken_by.append(os.path.basename(event.src_path))
+        original(self, event)
+
+    monkeypatch.setattr(watch._Handler, "on_any_event", recording)
+    path = tmp_path / "blacklist.txt"
+    path.write_text("example.com\n")
+    log_path = tmp_path / "proxy.log"
+    with open(log_path, "a") as log_file:  # created before the watcher starts
+        got: queue.Queue[Delivered] = queue.Queue()
+        watcher = BlocklistWatcher(path, lambda bl, rep: got.put((bl, rep)))
+        watcher.start()
+        try:
+            assert watcher.observer_kind == "native"
+            for number in range(200):
+                log_file.write(f"request {number}\n")
+                log_file.flush()
+            # The observer reports in order: once the blocklist's save is delivered, any
+            # event for the log's writes has been seen already.
+            save_by_rename(path, "example.com\nnew.example\n")
+            bl, _ = got.get(timeout=TIMEOUT)
+            assert bl.match("new.example") is not None
+            assert "proxy.log" not in woken_by, woken_by
+        finally:
+            watcher.stop()

@@ -67,7 +67,14 @@ POLL_INTERVAL = 0.1
 LOGGED_ERRORS = 20
 """Invalid lines logged one by one per reload; the rest are counted in one line."""
 
-_EVENTS = [FileCreatedEvent, FileModifiedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent]
+# No FileModifiedEvent: the kernel would wake the observer for every write to any file in the
+# folder (an access log or a "2> proxy.log" beside the blocklist: once per request, measured
+# at +170 to +300 us of CPU per request). An editor's save ends in a close after writing, a
+# rename over the file, a creation or a deletion, which these four report.
+_EVENTS = [FileCreatedEvent, FileClosedEvent, FileMovedEvent, FileDeletedEvent]
+# The polling observer compares snapshots and never sees a close: it reports a change as a
+# modification (and it costs a scan per period, not a wake-up per write).
+_POLLED_EVENTS = [*_EVENTS, FileModifiedEvent]
 
 
 @dataclass(frozen=True)
@@ -200,7 +207,7 @@ class BlocklistWatcher:
                 except Exception:  # a half-started observer may refuse to stop
                     pass
         observer = PollingObserver(timeout=POLL_INTERVAL)
-        observer.schedule(handler, folder, recursive=False, event_filter=_EVENTS)
+        observer.schedule(handler, folder, recursive=False, event_filter=_POLLED_EVENTS)
         observer.start()
         return observer
 
