@@ -449,6 +449,66 @@ def origin_head(request, pseudonym):
     return serialize_request_head(request.method, url.path or "/", headers)
 """,
     ],
+    "07-predict-story": [
+        """\
+predicted_second = ["HEAD_RECEIVED", "CACHEABLE", "FRESH_HIT", "RESPONSE_DONE"]
+predicted_silence = ["IDLE_TIMEOUT", "CLOSED"]
+predicted_third = ["HEAD_RECEIVED", "CACHEABLE", "STALE_HIT", "RESPONSE_DONE"]
+predicted_origin_connections = 1
+""",
+    ],
+    "07-audit": [
+        """\
+def audit(table, initial, final):
+    reached, todo = {initial}, [initial]
+    while todo:
+        for target in table[todo.pop()].values():
+            if target not in reached:
+                reached.add(target)
+                todo.append(target)
+    dead_ends = {s for s, row in table.items() if not row and s is not final}
+    return set(table) - reached, dead_ends
+""",
+    ],
+    "07-add-state": [
+        """\
+import enum
+
+from proxy.session.states import TABLE, SessionState, Trigger
+
+State = enum.Enum("State", {s.name: s.value for s in SessionState} | {"AUTHENTICATING": "auth"})
+Event = enum.Enum("Event", {t.name: t.value for t in Trigger} | {"AUTHENTICATED": "ok"})
+
+
+def authenticating_table():
+    table = {
+        State[s.name]: {Event[t.name]: State[n.name] for t, n in row.items()}
+        for s, row in TABLE.items()
+    }
+    table[State.IDLE][Event.HEAD_RECEIVED] = State.AUTHENTICATING  # READING_HEAD forgotten
+    table[State.AUTHENTICATING] = {
+        Event.AUTHENTICATED: State.CHECKING_POLICY,
+        Event.DENIED: State.ANSWERING,
+        Event.CLIENT_GONE: State.CLOSED,
+        Event.INTERNAL_ERROR: State.CLOSING,
+    }
+    return table
+""",
+    ],
+    "07-retry-504": [
+        """\
+GET = "GET http://origin.test/page HTTP/1.1\\r\\nHost: origin.test\\r\\n\\r\\n"
+
+
+def retry_then_504(world):
+    client = world.client()
+    client.send(GET)
+    world.origin().feed(b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nhi\\n")
+    client.send(GET)
+    world.clock.advance(30.0)  # the pooled connection simply stays silent: no retry
+    return client
+""",
+    ],
 }
 
 
