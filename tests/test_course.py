@@ -509,6 +509,185 @@ def retry_then_504(world):
     return client
 """,
     ],
+    "09-predict-log": [
+        """\
+predicted = {
+    "plain GET": ("GET", True),
+    "TLS in a tunnel": ("CONNECT", False),
+    "plain HTTP in a tunnel": ("GET", True),
+}
+""",
+    ],
+    "09-relay": [
+        '''\
+from minireactor import Protocol, Transport
+
+
+class TunnelSide(Protocol):
+    """Closes the whole tunnel at the first end-of-stream: the answer is lost."""
+
+    def __init__(self):
+        self.transport = None
+        self.peer = None
+
+    def data_received(self, data):
+        self.peer.transport.write(data)
+
+    def eof_received(self):
+        self.peer.transport.close()
+        return False
+
+    def pause_writing(self):
+        self.peer.transport.pause_reading()
+
+    def resume_writing(self):
+        self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc):
+        self.peer.transport.close()
+
+
+def tunnel(reactor, left_sock, right_sock, high_water=64 * 1024):
+    left, right = TunnelSide(), TunnelSide()
+    left.peer, right.peer = right, left
+    left.transport = Transport(reactor, left_sock, left, high_water=high_water)
+    right.transport = Transport(reactor, right_sock, right, high_water=high_water)
+    return left.transport, right.transport
+''',
+        '''\
+from minireactor import Protocol, Transport
+
+
+class TunnelSide(Protocol):
+    """Half-close right, but no backpressure: a fast side fills the other's buffer."""
+
+    def __init__(self):
+        self.transport = None
+        self.peer = None
+        self.eof = False
+
+    def data_received(self, data):
+        self.peer.transport.write(data)
+
+    def eof_received(self):
+        self.eof = True
+        self.peer.transport.write_eof()
+        if self.peer.eof:
+            self.peer.transport.close()
+            return False
+        return True
+
+    def connection_lost(self, exc):
+        self.peer.transport.close()
+
+
+def tunnel(reactor, left_sock, right_sock, high_water=64 * 1024):
+    left, right = TunnelSide(), TunnelSide()
+    left.peer, right.peer = right, left
+    left.transport = Transport(reactor, left_sock, left, high_water=high_water)
+    right.transport = Transport(reactor, right_sock, right, high_water=high_water)
+    return left.transport, right.transport
+''',
+        '''\
+from minireactor import Protocol, Transport
+
+
+class TunnelSide(Protocol):
+    """Everything but the reset: a lost side leaves the other open."""
+
+    def __init__(self):
+        self.transport = None
+        self.peer = None
+        self.eof = False
+
+    def data_received(self, data):
+        self.peer.transport.write(data)
+
+    def eof_received(self):
+        self.eof = True
+        self.peer.transport.write_eof()
+        if self.peer.eof:
+            self.peer.transport.close()
+            return False
+        return True
+
+    def pause_writing(self):
+        self.peer.transport.pause_reading()
+
+    def resume_writing(self):
+        if not self.peer.eof:
+            self.peer.transport.resume_reading()
+
+
+def tunnel(reactor, left_sock, right_sock, high_water=64 * 1024):
+    left, right = TunnelSide(), TunnelSide()
+    left.peer, right.peer = right, left
+    left.transport = Transport(reactor, left_sock, left, high_water=high_water)
+    right.transport = Transport(reactor, right_sock, right, high_water=high_water)
+    return left.transport, right.transport
+''',
+    ],
+    "09-idle-sweep": [
+        '''\
+class IdleSweep:
+    """One sweep per idle_timeout: a tunnel can stay open almost twice as long."""
+
+    def __init__(self, clock, idle_timeout):
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.seen = {}
+        self.timer = None
+
+    def add(self, tunnel):
+        self.seen[tunnel] = None
+        if self.timer is None:
+            self.timer = self.clock.call_later(self.idle_timeout, self._sweep)
+
+    def discard(self, tunnel):
+        self.seen.pop(tunnel, None)
+        if not self.seen and self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _sweep(self):
+        self.timer = None
+        for tunnel, moved in list(self.seen.items()):
+            if tunnel.moved == moved:
+                tunnel.close()
+            else:
+                self.seen[tunnel] = tunnel.moved
+        if self.seen:
+            self.timer = self.clock.call_later(self.idle_timeout, self._sweep)
+''',
+        '''\
+class IdleSweep:
+    """Exact, but a timer per tunnel, re-armed at every byte it sees."""
+
+    def __init__(self, clock, idle_timeout):
+        self.clock = clock
+        self.idle_timeout = idle_timeout
+        self.timers = {}
+
+    def add(self, tunnel):
+        self._arm(tunnel, tunnel.moved)
+
+    def _arm(self, tunnel, moved):
+        delay = self.idle_timeout / 4
+        self.timers[tunnel] = self.clock.call_later(delay, self._check, tunnel, moved)
+
+    def _check(self, tunnel, moved):
+        self.timers.pop(tunnel, None)
+        if tunnel.moved == moved:
+            tunnel.close()
+        else:
+            self._arm(tunnel, tunnel.moved)
+
+    def discard(self, tunnel):
+        timer = self.timers.pop(tunnel, None)
+        if timer is not None:
+            timer.cancel()
+''',
+    ],
 }
 
 
