@@ -688,6 +688,57 @@ class IdleSweep:
             timer.cancel()
 ''',
     ],
+    "10-predict-status": [
+        """\
+predicted_status = {
+    "no Host field": 400,
+    "a huge header field": 431,
+    "an ftp:// URL": 400,
+    "HTTP/2.0 in the request line": 505,
+    "a request that went through us": 508,
+    "an origin that answers garbage": 502,
+    "an origin that closes at once": 504,
+    "an origin that cuts its body": 502,
+}
+""",
+    ],
+    "10-rules": [
+        '''\
+RULES = """
+tracker.test
+ads.test
+cdn.test
+news.test/ads/
+shop.test:8080
+192.168.0.0/16
+"""
+''',
+        '''\
+RULES = """
+tracker.test
+*.ads.test
+=cdn.test
+news.test
+shop.test:8080
+192.168.0.0/16
+"""
+''',
+    ],
+    "10-coalesce": [
+        '''\
+def reload_times(events, debounce, max_delay):
+    """Debounce only: a steady drip of events is never read."""
+    reloads = []
+    last = None
+    for at in events:
+        if last is not None and at >= last + debounce:
+            reloads.append(last + debounce)
+        last = at
+    if last is not None:
+        reloads.append(last + debounce)
+    return reloads
+''',
+    ],
 }
 
 
