@@ -739,6 +739,95 @@ def reload_times(events, debounce, max_delay):
     return reloads
 ''',
     ],
+    "11-predict-idle": [
+        """\
+predicted_threads = {"threads": 200, "reactor": 1}
+predicted_reserved_kib = 80
+""",
+        """\
+predicted_threads = {"threads": 201, "reactor": 1}
+predicted_reserved_kib = 80
+""",
+    ],
+    "11-workers": [
+        """\
+samples = {1: [7800.0, 7900.0, 8000.0], 2: [12000.0, 12500.0, 13000.0]}
+speedup = 12500.0 / 7900.0
+explanation = (
+    "Two workers are faster than one because there are two of them, so each request waits "
+    "half as long in the queue and the proxy answers about one and a half times as fast."
+)
+""",
+        """\
+samples = {1: [7800.0, 7900.0, 8000.0], 2: [12000.0, 12500.0, 13000.0]}
+speedup = 13000.0 / 7800.0  # the best of each, not the medians
+explanation = (
+    "Each worker is a process of its own with one reactor thread, and this machine has 2 "
+    "cores, so two workers can run at the same time on both cores where one uses one core."
+)
+""",
+    ],
+    "11-loadgen": [
+        '''\
+import socket
+import threading
+import time
+
+
+def reactor_load(reactor, port, clients, seconds, message):
+    """A thread per client, as in the notebook: the reactor is never used."""
+    counts = [0] * clients
+
+    def client(i):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                sock.sendall(message)
+                got = 0
+                while got < len(message):
+                    got += len(sock.recv(65536))
+                counts[i] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return counts
+''',
+        '''\
+import socket
+
+from minireactor import Protocol, Transport
+
+
+class EchoClient(Protocol):
+    """Counts every piece of echo as a round trip, and never closes."""
+
+    def __init__(self, reactor, message, deadline):
+        self.reactor, self.message, self.deadline = reactor, message, deadline
+        self.round_trips = 0
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(self.message * 4)  # four messages in flight
+
+    def data_received(self, data):
+        self.round_trips += 1
+        if self.reactor.time() < self.deadline:
+            self.transport.write(self.message)
+
+
+def reactor_load(reactor, port, clients, seconds, message):
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(clients)]
+    deadline = reactor.time() + seconds
+    protocols = [EchoClient(reactor, message, deadline) for _ in socks]
+    for sock, protocol in zip(socks, protocols, strict=True):
+        Transport(reactor, sock, protocol)
+    reactor.run_until(lambda: False, timeout=seconds + 0.1)
+    return [p.round_trips for p in protocols]
+''',
+    ],
 }
 
 
