@@ -323,7 +323,7 @@ class VirtualClock:
 def import_support() -> Any:
     """The project's ``tests/support.py`` (the fake world of notebook 07), imported once."""
     try:
-        import support  # the notebook put ../tests on the path
+        import support  # type: ignore[import-not-found]  # the notebook put ../tests on the path
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
         import support

@@ -345,10 +345,10 @@ def _last_status(sent: bytes) -> str:
 )
 def retry_504(answer: Answer) -> str:
     script = answer.function("retry_then_504")
-    world = import_support().FakeWorld(cache_enabled=False, first_byte_timeout=30.0)
+    world: Any = import_support().FakeWorld(cache_enabled=False, first_byte_timeout=30.0)
     started = world.clock.now
     client = script(world)
-    if not hasattr(client, "moves") or getattr(client, "world", None) is not world:
+    if not hasattr(client, "moves") or id(getattr(client, "world", None)) != id(world):
         raise Wrong("retry_then_504(world) should return the client it made with world.client()")
     got = client.triggers()
     for index, (want, made) in enumerate(zip(RETRY_TARGET, got, strict=False)):

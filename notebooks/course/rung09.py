@@ -350,7 +350,7 @@ def _backpressure_story(make: Any, reactor: Reactor) -> int:
 def _reset_story(make: Any, reactor: Reactor) -> None:
     story = _Tunnelled(make, reactor, 64 * KiB, None)
     try:
-        at_far, far_ended = bytearray(), []
+        at_far, far_ended = bytearray(), list[bool]()
         _reader(reactor, story.far, at_far, far_ended)
         story.client.send(b"half a request")
         reactor.run_until(lambda: len(at_far) == 14, timeout=3.0)
