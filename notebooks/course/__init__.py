@@ -13,7 +13,7 @@ notebook, ``course.rungNN``, and each registers its checkers in
 To give a notebook exercises, write ``course/rungNN.py`` and add it to the imports below.
 """
 
-from . import rung01, rung02, rung03, rung04, rung05, rung06
+from . import rung01, rung02, rung03, rung04, rung05, rung06, rung07, rung08, rung09, rung10, rung11
 from .checks import EXERCISES, Answer, NotDone, Result, Wrong, check, exercise, run
 
 __all__ = [
@@ -30,5 +30,10 @@ __all__ = [
     "rung04",
     "rung05",
     "rung06",
+    "rung07",
+    "rung08",
+    "rung09",
+    "rung10",
+    "rung11",
     "run",
 ]

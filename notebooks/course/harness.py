@@ -14,19 +14,33 @@ in a verdict, not in a hung or crashed notebook:
   transport for its protocol. :func:`loop_errors` catches those log records, so that a
   ``NotImplementedError`` raised inside a callback still means "not done", and anything else
   is reported as the student's exception instead of a traceback on stderr.
+
+The later rungs need more of the world, and get it without waiting on real time where they can:
+:class:`VirtualClock` runs timers only when a check moves its time (exact, however loaded the
+machine); :func:`import_support` brings in the fake world of ``tests/support.py`` that notebook
+07 uses; :class:`ThreadedOrigin` and :func:`running_proxy` start a loopback origin and the
+real proxy in threads, stopped on exit, and :class:`KeepLines` collects the access log.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import http.server
 import logging
 import os
 import socket
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from minireactor import Handle, TimerHandle
+from minireactor.timers import TimerHeap
 
 from .checks import NotDone, Wrong
 
@@ -244,3 +258,206 @@ def loop_errors() -> Iterator[list[BaseException]]:
         logger.removeHandler(handler)
         logger.propagate = propagate
     _raise_collected(handler.errors)
+
+
+class VirtualClock:
+    """A scheduler on virtual time: ``time``, ``call_soon``, ``call_later``, ``call_at``.
+
+    Nothing runs until :meth:`advance` moves the time (and :meth:`run` runs what is ready), so
+    a check of timers is exact and instantaneous whatever the machine's load. :attr:`pending`
+    counts the live timers, which is how a check sees "one timer for all of them".
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.timers = TimerHeap()
+        self.ready: collections.deque[Handle] = collections.deque()
+
+    def time(self) -> float:
+        """The virtual time, in seconds."""
+        return self.now
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any) -> Handle:
+        """Run *callback* at the next :meth:`run`."""
+        handle = Handle(callback, args)
+        self.ready.append(handle)
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run *callback* *delay* virtual seconds from now."""
+        return self.timers.push(self.now + delay, callback, args)
+
+    def call_at(self, when: float, callback: Callable[..., Any], *args: Any) -> TimerHandle:
+        """Run *callback* at the virtual time *when*."""
+        return self.timers.push(when, callback, args)
+
+    @property
+    def pending(self) -> int:
+        """How many timers are scheduled and not cancelled."""
+        return len(self.timers)
+
+    def run(self, limit: int = 100_000) -> None:
+        """Run the ready callbacks, and the ones they schedule, until none is left."""
+        ran = 0
+        while self.ready:
+            handle = self.ready.popleft()
+            if not handle.cancelled:
+                handle.run()
+            ran += 1
+            if ran > limit:
+                raise Wrong("callbacks keep scheduling callbacks: is there a loop of call_soon?")
+
+    def advance(self, seconds: float) -> None:
+        """Move the time forward by *seconds*, running every timer due on the way, in order."""
+        target = self.now + seconds
+        self.run()
+        while (when := self.timers.next_deadline()) is not None and when <= target:
+            self.now = max(self.now, when)
+            for timer in self.timers.pop_due(self.now):
+                if not timer.cancelled:
+                    timer.run()
+            self.run()
+        self.now = target
+
+
+def import_support() -> Any:
+    """The project's ``tests/support.py`` (the fake world of notebook 07), imported once."""
+    try:
+        import support  # type: ignore[import-not-found]  # the notebook put ../tests on the path
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests"))
+        import support
+    return support
+
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A keep-alive origin for the checks: ``answer`` maps a path to (status, fields, body)."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    answers: dict[str, tuple[int, dict[str, str], bytes]] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        status, fields, body = self.answers.get(
+            self.path.split("?", 1)[0], (200, {}, f"the page at {self.path}\n".encode())
+        )
+        self.send_response(status)
+        for name, value in fields.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class ThreadedOrigin:
+    """``with ThreadedOrigin(handler) as port:`` an ``http.server`` on 127.0.0.1 in a thread.
+
+    *wrap* (an ``ssl.SSLContext``) makes it a TLS origin. On exit the server is shut down and
+    its thread joined.
+    """
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler], wrap: Any = None) -> None:
+        self.server = http.server.ThreadingHTTPServer((HOST, 0), handler)
+        self.server.daemon_threads = True
+        if wrap is not None:
+            self.server.socket = wrap.wrap_socket(self.server.socket, server_side=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+
+    def __enter__(self) -> int:
+        self.thread.start()
+        return int(self.server.server_address[1])
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@contextlib.contextmanager
+def running_proxy(
+    hosts: dict[str, str], blocklist: str = "", access_sink: Any = None, **settings: Any
+) -> Iterator[Any]:
+    """The real proxy (``proxy.app.ProxyServer``) on 127.0.0.1, its reactor in a thread.
+
+    Names resolve from *hosts* only (a ``StaticResolver``); the blocklist is *blocklist*, in a
+    temporary file, not watched. Yields the server; on exit it is stopped and its thread joined.
+    """
+    from minireactor import Reactor, StaticResolver
+    from proxy.app import ProxyServer
+    from proxy.config import Config
+
+    reactor = Reactor()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "blacklist.txt"
+        path.write_text(blocklist, encoding="utf-8")
+        config = Config(
+            port=0,
+            blacklist=str(path),
+            watch_blacklist=False,
+            access_log="stderr" if access_sink is not None else "none",
+            **settings,
+        )
+        server = ProxyServer(
+            config,
+            reactor=reactor,
+            resolver=StaticResolver(reactor, hosts),
+            access_sink=access_sink,
+        )
+        server.start_in_thread()
+        try:
+            yield server
+        finally:
+            server.stop_from_thread()
+            reactor.close()
+
+
+class KeepLines:
+    """An access-log sink (``ProxyServer(access_sink=...)``) that keeps the lines it gets."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        """Keep *data*'s lines."""
+        self.lines.extend(data.decode("utf-8", "replace").splitlines())
+
+    def reopen(self) -> None:
+        """Nothing to reopen."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+    def wait_for(self, needle: str, timeout: float = 5.0) -> str | None:
+        """The first line containing *needle*, once the proxy has written it (None: never)."""
+        found: list[str] = []
+
+        def seen() -> bool:
+            found[:] = [line for line in self.lines if needle in line][:1]
+            return bool(found)
+
+        wait_until(seen, timeout)
+        return found[0] if found else None
+
+
+def status_of(sock: socket.socket, timeout: float = 5.0) -> int | None:
+    """The status code of the response head arriving on *sock* (None: none within *timeout*)."""
+    head = bytearray()
+    deadline = time.monotonic() + timeout
+    while b"\r\n" not in head and (remaining := deadline - time.monotonic()) > 0:
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(4096)
+        except (TimeoutError, ConnectionError):
+            break
+        if not data:
+            break
+        head += data
+    parts = bytes(head).split(b"\r\n", 1)[0].split()
+    if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
+        return int(parts[1])
+    return None
