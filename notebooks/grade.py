@@ -25,8 +25,9 @@ Three directions:
 * ``--expect-stubs`` runs the notebooks as shipped: every check must report "not done" and no
   cell may fail (no check passes on an empty answer, and a stub never breaks a notebook).
 
-``--handout DIR`` writes what students get: the notebooks without outputs, the ``course``
-package and this guide's README, and no solutions.
+``--handout DIR`` writes what students get: ``DIR/notebooks`` with the notebooks without
+outputs, the ``course`` package and this guide's README, ``DIR/tests/support.py`` (the fake
+world of notebook 07), and no solutions.
 """
 
 from __future__ import annotations
@@ -260,25 +261,36 @@ def write_csv(path: Path, reports: Iterable[Report]) -> None:
 
 
 def write_handout(target: Path) -> None:
-    """Copy the notebooks (no outputs), ``course/`` and the guide into *target*; no solutions."""
+    """Write the students' copy into *target*, laid out like the repository, with no solutions.
+
+    ``target/notebooks`` gets the notebooks (no outputs), ``course/`` and this guide;
+    ``target/tests/support.py`` is the fake world notebook 07 and its checks import from
+    ``../tests``, so the notebooks run from the handout exactly as they do from a clone.
+    """
     if target.resolve() == NOTEBOOKS or NOTEBOOKS in target.resolve().parents:
         raise SystemExit("grade.py: the handout folder must be outside notebooks/")
-    target.mkdir(parents=True, exist_ok=True)
+    notebooks = target / "notebooks"
+    notebooks.mkdir(parents=True, exist_ok=True)
     for path in sorted(NOTEBOOKS.glob(NOTEBOOK_GLOB)):
         notebook = read_notebook(path)
         for cell in notebook.cells:
             if cell.cell_type == "code":
                 cell.outputs = []
                 cell.execution_count = None
-        nbformat.write(notebook, target / path.name)  # type: ignore[no-untyped-call]
+        nbformat.write(notebook, notebooks / path.name)  # type: ignore[no-untyped-call]
     shutil.copytree(
         NOTEBOOKS / "course",
-        target / "course",
+        notebooks / "course",
         dirs_exist_ok=True,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
-    shutil.copy2(NOTEBOOKS / "README.md", target / "README.md")
-    print(f"handout written to {target}: notebooks, course/, README.md (no solutions)")
+    shutil.copy2(NOTEBOOKS / "README.md", notebooks / "README.md")
+    (target / "tests").mkdir(exist_ok=True)
+    shutil.copy2(ROOT / "tests" / "support.py", target / "tests" / "support.py")
+    print(
+        f"handout written to {target}: notebooks/ (notebooks, course/, README.md) and "
+        "tests/support.py; no solutions"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1134,11 +1134,29 @@ def test_handout_has_the_stubs_and_no_solutions(tmp_path: Path) -> None:
         cwd=REPO,
     )
     assert done.returncode == 0, done.stderr
-    assert not (handout / "solutions").exists()
-    assert (handout / "course" / "checks.py").is_file() and (handout / "README.md").is_file()
+    given = handout / "notebooks"
+    assert not (given / "solutions").exists()
+    assert (given / "course" / "checks.py").is_file() and (given / "README.md").is_file()
     shipped = sorted(path.name for path in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-    assert sorted(path.name for path in handout.glob("*.ipynb")) == shipped
+    assert sorted(path.name for path in given.glob("*.ipynb")) == shipped
+    # Notebook 07 and the harness find the fake world in ../tests, as in a clone; the
+    # import runs from the handout alone (the repository is not on the path).
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            "import sys; sys.path[:0] = ['.', '../tests']; "
+            "import support, course.harness; print(support.__file__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=given,
+    )
+    assert imported.returncode == 0, imported.stderr
+    assert Path(imported.stdout.strip()).resolve() == (handout / "tests" / "support.py").resolve()
     for name, index, stub in EXERCISE_CELLS.values():
-        cells = json.loads((handout / name).read_text(encoding="utf-8"))["cells"]
+        cells = json.loads((given / name).read_text(encoding="utf-8"))["cells"]
         assert "".join(cells[index]["source"]) == stub
         assert all(cell.get("outputs", []) == [] for cell in cells)
