@@ -208,6 +208,17 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def fds_left_open(baseline: int, timeout: float = 2.0) -> int:
+    """How many descriptors above *baseline* are still open once *timeout* has let them close.
+
+    Other threads of the process (a server of an earlier cell, the test runner) open and close
+    descriptors of their own while a check runs, so the count is compared with ``>`` and given
+    time to come down, never compared for equality at one instant.
+    """
+    wait_until(lambda: open_fds() <= baseline, timeout)
+    return max(0, open_fds() - baseline)
+
+
 def spin(seconds: float) -> None:
     """Keep the CPU busy for *seconds*: a callback that is slow, without sleeping."""
     until = time.perf_counter() + seconds

@@ -17,7 +17,16 @@ import time
 from typing import Any
 
 from .checks import Answer, Wrong, exercise
-from .harness import HOST, Serving, connect, echoed, open_fds, sees_eof, threads_settle
+from .harness import (
+    HOST,
+    Serving,
+    connect,
+    echoed,
+    fds_left_open,
+    open_fds,
+    sees_eof,
+    threads_settle,
+)
 
 
 def _serve_one_at_a_time(listener: socket.socket, stop: threading.Event, timeout: float) -> None:
@@ -116,9 +125,9 @@ def backlog(answer: Answer) -> str:
                 "give each connect() a short timeout, such as 0.2 s: one that times out is "
                 "the first the kernel did not complete",
             )
-    if open_fds() > fds:
+    if left_open := fds_left_open(fds):
         raise Wrong(
-            f"your function left {open_fds() - fds} descriptor(s) open",
+            f"your function left {left_open} descriptor(s) open",
             "close every client socket and the listener before returning (`with`, `finally`)",
         )
     for size, got in counted.items():

@@ -37,7 +37,7 @@ from typing import Any
 from minireactor import Reactor
 
 from .checks import Answer, Wrong, exercise
-from .harness import HOST, open_fds
+from .harness import HOST, fds_left_open, open_fds
 
 THREAD_SERVER = """
 import socket, threading
@@ -284,7 +284,7 @@ def loadgen(answer: Answer) -> str:
             f"unfair: one client made {max(counts)} round trips, another {min(counts)}",
             "every client sends its next message as soon as its echo is back",
         )
-    if registered or open_fds() > fds:
+    if registered or fds_left_open(fds):
         raise Wrong(
             "connections were left open after the load",
             "close every transport before returning, and let the loop run once more",
