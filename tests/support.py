@@ -527,6 +527,7 @@ class FakeTransport:
         return data
 
     def status_line(self) -> str:
+        """The first line written since the last take(): take() between two responses."""
         return bytes(self.sent).split(b"\r\n", 1)[0].decode("latin-1")
 
 
