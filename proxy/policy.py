@@ -294,7 +294,9 @@ def max_forwards(request: Request) -> Request | LocalReply:
     value = request.headers.get("max-forwards", "")
     if not (value is not None and value.isascii() and value.isdigit()):
         return request  # absent or malformed: forward as is
-    hops = int(value)
+    # More hops than any path has: forward it as the largest count we keep (int() would
+    # raise past 4,300 digits).
+    hops = int(value) if len(value) <= 18 else 10**18
     if hops > 0:
         headers = Headers(request.headers)
         headers.set("Max-Forwards", str(hops - 1))

@@ -155,14 +155,15 @@ def parse_target(method: str, target: str) -> Target:
     if scheme not in ("http", "ws"):
         status = 501 if scheme.isalpha() else 400
         raise ProtocolError(f"scheme {scheme!r} is not supported by this proxy", status)
-    authority, slash, path = rest.partition("/")
-    authority, _, _ = authority.partition("?")
+    # The authority ends at the first "/", "?" or "#" (RFC 3986 section 3.2): in
+    # "http://host?q=1" the query belongs to the path, which is "/?q=1", not "/".
+    ends = [at for at in (rest.find("/"), rest.find("?"), rest.find("#")) if at >= 0]
+    end = min(ends) if ends else len(rest)
+    authority, path = rest[:end], rest[end:].split("#", 1)[0]
     if "@" in authority:
         raise ProtocolError("user information in the URL is not allowed")
-    path = slash + path
-    if not path or path.startswith("?"):
+    if not path.startswith("/"):
         path = "/" + path
-    path = path.split("#", 1)[0]
     host, port = _split_host_port(authority, DEFAULT_PORTS[scheme])
     return Target(scheme, host, port, path)
 

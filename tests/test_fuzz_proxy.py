@@ -85,6 +85,9 @@ REQUEST_FIELDS = [
     "Expect: 100-continue",
     "Max-Forwards: 0",
     "Max-Forwards: 1",
+    "Max-Forwards: " + "9" * 4400,  # int() refuses over 4,300 digits
+    "Cache-Control: max-age=" + "9" * 4400,
+    "Range: bytes=" + "9" * 4400 + "-",
     "Via: 1.1 minireactor",
     "Via: 1.0 other",
     "Cache-Control: no-cache",
@@ -137,6 +140,8 @@ RESPONSE_FIELDS = [
     b"Last-Modified: Mon, 01 Jan 2024 00:00:00 GMT",
     b"Expires: 0",
     b"Age: 5",
+    b"Age: " + b"9" * 4400,
+    b"Cache-Control: max-age=" + b"9" * 4400,
     b"Vary: *",
     b"Vary: X-A",
     b"Set-Cookie: a=b",

@@ -214,6 +214,83 @@ def test_target_parser_accepts_and_normalises_hosts(text, host, port):
     assert (target.host, target.port) == (host, port)
 
 
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("http://host?q=1", "/?q=1"),
+        ("http://host:8080?x=1&y", "/?x=1&y"),
+        ("http://host#frag", "/"),
+        ("http://host?q#frag", "/?q"),
+        ("http://host/a?b#c", "/a?b"),
+        ("http://host", "/"),
+    ],
+)
+def test_a_query_right_after_the_authority_stays_in_the_path(text, path):
+    assert parse_target("GET", text).path == path
+
+
+def test_a_query_right_after_the_authority_reaches_the_origin(make_proxy, raw_origin):
+    # It used to be dropped: the origin got "GET /" and the cache stored the answer under "/".
+    origin = raw_origin(canned(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+    proxy = make_proxy(cache_enabled=True)
+    wire = f"GET http://origin.test:{origin.port}?q=1 HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+    assert _ask(proxy, wire.encode())[0] == 200
+    assert origin.heads[0].startswith(b"GET /?q=1 HTTP/1.1\r\n")
+
+
+# -- numbers longer than int() reads: Python refuses over 4,300 digits ------------------------
+
+LONG_NUMBER = "9" * 4400
+
+
+def test_long_numbers_in_cache_fields_are_read_as_the_largest_value():
+    from proxy.cache.directives import DELTA_SECONDS_MAX, parse_delta_seconds
+    from proxy.cache.ranges import parse_range
+
+    assert parse_delta_seconds(LONG_NUMBER) == DELTA_SECONDS_MAX  # RFC 9111 section 1.2.2
+    assert parse_range(f"bytes={LONG_NUMBER}-") is None  # invalid: the field is ignored
+    assert parse_range(f"bytes=-{LONG_NUMBER}") is None
+
+
+@pytest.mark.parametrize(
+    ("method", "field"),
+    [
+        ("GET", f"Cache-Control: max-age={LONG_NUMBER}"),
+        ("GET", f"Cache-Control: max-stale={LONG_NUMBER}, min-fresh={LONG_NUMBER}"),
+        ("GET", f"Range: bytes={LONG_NUMBER}-"),
+        ("OPTIONS", f"Max-Forwards: {LONG_NUMBER}"),
+    ],
+    ids=["max-age", "max-stale", "range", "max-forwards"],
+)
+def test_long_numbers_from_a_client_are_no_500(make_proxy, raw_origin, caplog, method, field):
+    caplog.set_level(logging.INFO)
+    origin = raw_origin(
+        canned(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok")
+    )
+    proxy = make_proxy(cache_enabled=True)
+    url = f"http://origin.test:{origin.port}/n"
+    plain = f"GET {url} HTTP/1.1\r\nHost: origin.test\r\n\r\n".encode()
+    assert _ask(proxy, plain)[0] == 200  # stored, so the second request meets the cache
+    asked = f"{method} {url} HTTP/1.1\r\nHost: origin.test\r\n{field}\r\n\r\n".encode()
+    status, _headers, body = _ask(proxy, asked)
+    assert status == 200 and body == b"ok"
+    if method == "OPTIONS":
+        assert b"\r\nMax-Forwards: 999999999999999999\r\n" in origin.heads[-1]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_long_numbers_from_an_origin_are_no_500_on_a_later_hit(make_proxy, raw_origin, caplog):
+    caplog.set_level(logging.INFO)
+    answer = f"HTTP/1.1 200 OK\r\nCache-Control: max-age={LONG_NUMBER}\r\nAge: {LONG_NUMBER}\r\n"
+    origin = raw_origin(canned(answer.encode() + b"Content-Length: 2\r\n\r\nok"))
+    proxy = make_proxy(cache_enabled=True)
+    wire = f"GET http://origin.test:{origin.port}/n HTTP/1.1\r\nHost: origin.test\r\n\r\n"
+    for _ in range(2):
+        status, _headers, body = _ask(proxy, wire.encode())
+        assert status == 200 and body == b"ok"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
 @pytest.mark.parametrize("cache", [True, False])
 def test_two_colons_in_an_authority_get_400_not_500(make_proxy, caplog, cache):
     caplog.set_level(logging.INFO)

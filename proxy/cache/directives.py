@@ -150,6 +150,10 @@ def parse_delta_seconds(argument: str | None) -> int:
     argument = argument.strip()
     if not argument.isdigit() or not argument.isascii():
         return 0
+    if len(argument) > len(str(DELTA_SECONDS_MAX)):
+        # Larger than we represent: section 1.2.2 says use 2147483648. Also keeps int() off
+        # strings over 4,300 digits, where Python raises instead of converting.
+        return DELTA_SECONDS_MAX
     return min(int(argument), DELTA_SECONDS_MAX)
 
 

@@ -107,8 +107,8 @@ def storable(
         return False, "set-cookie"
     if "*" in response_headers.get_list("Vary"):
         return False, "vary-star"
-    length = response_headers.get("Content-Length")
-    if length is not None and length.strip().isdigit() and int(length) > max_object:
+    length = (response_headers.get("Content-Length") or "").strip()
+    if length.isdigit() and (len(length) > 18 or int(length) > max_object):
         return False, "too-large"
     if has_explicit_expiration(response_cc, response_headers):
         return True, ""

@@ -44,8 +44,10 @@ MAX_PARTS = 16
 #: Ranges closer than this many bytes are merged: a part's own head costs about as much.
 COALESCE_GAP = 80
 
-_INT_RANGE = re.compile(r"(\d+)-(\d*)", re.ASCII)
-_SUFFIX_RANGE = re.compile(r"-(\d+)", re.ASCII)
+# Positions of up to 18 digits (below 2**63): a longer one names no byte of any body we hold,
+# and would make int() raise past 4,300 digits. A field with one is ignored, as invalid.
+_INT_RANGE = re.compile(r"(\d{1,18})-(\d{0,18})", re.ASCII)
+_SUFFIX_RANGE = re.compile(r"-(\d{1,18})", re.ASCII)
 
 RangeSpec = tuple[int, int | None] | tuple[None, int]
 """A parsed range-spec: ``(first, last)`` (``last`` may be ``None``) or ``(None, suffix)``."""
