@@ -134,6 +134,22 @@ def test_update_after_a_304_reaches_the_next_process(tmp_path, warnings):
     assert not store.update(entry(url="http://example.com/never-stored"))
 
 
+def test_a_304_for_an_older_response_leaves_a_newer_one_alone(tmp_path, warnings):
+    """Another process stored a new body under the key meanwhile: its row keeps its own head."""
+    first, second = open_store(tmp_path, warnings), open_store(tmp_path, warnings)
+    old = entry(body=b"hello", ETag='"a"')
+    first.put(old)
+    second.put(entry(body=b"a newer and longer body", ETag='"b"'))
+    old.headers.set("X-Freshened", "1")
+    assert not first.update(old)  # the row no longer holds old's body
+    assert not first.remove(old)
+    found = open_store(tmp_path, warnings).select(URL, H())[0]
+    assert found.body == b"a newer and longer body" and found.headers.get("ETag") == '"b"'
+    assert found.headers.get("Content-Length") == str(len(found.body))
+    assert "X-Freshened" not in found.headers and warnings == []
+    assert first.size == found.compute_size()
+
+
 def test_remove_and_invalidation(tmp_path, warnings):
     """RFC 9111 §4.4: the URL and same-origin Location/Content-Location go; others stay."""
     store = open_store(tmp_path, warnings)
@@ -188,6 +204,23 @@ def test_an_altered_or_grown_body_is_never_served(tmp_path, warnings, damage):
     with open(body_path(str(tmp_path), row_body_file(str(tmp_path))), "wb") as stream:
         stream.write(damage)
     assert store.select(URL, H())[0] is None and len(warnings) == 1
+
+
+@pytest.mark.parametrize("damage", ["directory", "no-permission"])
+def test_a_body_that_cannot_be_read_is_dropped_with_one_warning(tmp_path, warnings, damage):
+    store = open_store(tmp_path, warnings)
+    store.put(entry())
+    path = body_path(str(tmp_path), row_body_file(str(tmp_path)))
+    if damage == "directory":
+        os.unlink(path)
+        os.mkdir(path)
+    else:
+        os.chmod(path, 0)
+        if os.access(path, os.R_OK):
+            pytest.skip("running as a user whom file modes do not stop (root)")
+    assert store.select(URL, H()) == (None, "uri-miss")
+    assert store.select(URL, H()) == (None, "uri-miss")
+    assert len(warnings) == 1 and "cannot be read" in warnings[0] and len(store) == 0
 
 
 def test_a_body_deleted_meanwhile_is_a_quiet_miss(tmp_path, warnings):
@@ -296,7 +329,17 @@ def test_a_row_naming_a_path_outside_the_folder_is_never_followed(tmp_path, warn
 
 @pytest.mark.parametrize(
     ("column", "value"),
-    [("headers", "not json"), ("headers", '[["a", 1]]'), ("vary_names", "{}"), ("status", "x")],
+    [
+        ("headers", "not json"),
+        ("headers", '[["a", 1]]'),
+        ("vary_names", "{}"),
+        ("status", "x"),
+        ("status", 99999),
+        ("headers", '[["X-A", "a\\r\\nInjected: 1"]]'),  # would break the head
+        ("headers", '[["Bad Name", "1"]]'),
+        ("headers", '[["Content-Length", "100"]]'),  # the body has 5: the framing would go
+        ("reason", "OK\r\n"),
+    ],
 )
 def test_an_unreadable_row_is_dropped_with_one_warning(tmp_path, warnings, column, value):
     """Every column is type-checked on the way out."""

@@ -53,6 +53,11 @@ def _log_warning(message: str) -> None:
     logging.getLogger(__name__).warning("%s", message)
 
 
+_SAME_VARIANT_AND_BODY = (
+    "WHERE url = ? AND vary_names = ? AND vary_key = ? AND body_length = ? AND body_digest = ?"
+)
+
+
 class DiskStore:
     """Stored responses in *directory*, bounded by *max_bytes*, safe to share between processes.
 
@@ -147,7 +152,13 @@ class DiskStore:
         rowid, body_file, length, expected_digest = row[0], row[9], row[10], row[11]
         if not disklayout.is_body_name(body_file) or not isinstance(length, int):
             raise diskrows.CorruptRow("body reference")
-        body = disklayout.read_body(self.directory, body_file, length)
+        try:
+            body = disklayout.read_body(self.directory, body_file, length)
+        except OSError as error:  # a directory in its place, no permission, EIO...
+            path = disklayout.body_path(self.directory, body_file)
+            self._warn_once(f"cache body {path} cannot be read ({error}): dropped, never served")
+            self._drop_rows([rowid])
+            return None
         if body is None:
             self._drop_rows([rowid])  # evicted by another process meanwhile, or deleted
             return None
@@ -211,28 +222,35 @@ class DiskStore:
     def update(self, entry: StoredResponse) -> bool:
         """Rewrite the header fields and times of *entry*'s variant after a ``304`` (§4.3.4).
 
+        Only the row that still holds *entry*'s body is rewritten: another process may have
+        stored a newer response under the same key meanwhile, and that body with this
+        response's ``Content-Length`` and ``ETag`` would be a wrong answer (and a desynchronised
+        connection) for every process that reads it.
+
         :returns: whether the variant was on disk.
         """
-        url, names, key = diskrows.row_for(entry, "", "", 0.0)[:3]
         cursor = self._execute(
             "UPDATE variants SET status = ?, reason = ?, headers = ?, request_time = ?, "
-            "response_time = ?, size = ?, last_used = ? "
-            "WHERE url = ? AND vary_names = ? AND vary_key = ?",
+            "response_time = ?, size = ?, last_used = ? " + _SAME_VARIANT_AND_BODY,
             (
                 entry.status, entry.reason, diskrows.fields_text(entry.headers),
                 entry.request_time, entry.response_time, entry.compute_size(), self.clock(),
-                url, names, key,
+                *self._variant_and_body(entry),
             ),
         )  # fmt: skip
         return cursor is not None and cursor.rowcount > 0
 
     def remove(self, entry: StoredResponse) -> bool:
-        """Drop *entry*'s variant; tell whether it was stored."""
+        """Drop *entry*'s variant if it still holds *entry*'s body; tell whether it did."""
         rows = self._query(
-            "SELECT rowid FROM variants WHERE url = ? AND vary_names = ? AND vary_key = ?",
-            diskrows.row_for(entry, "", "", 0.0)[:3],
+            "SELECT rowid FROM variants " + _SAME_VARIANT_AND_BODY, self._variant_and_body(entry)
         )
         return self._drop_rows([row[0] for row in rows]) > 0
+
+    @staticmethod
+    def _variant_and_body(entry: StoredResponse) -> tuple[Any, ...]:
+        url, names, key = diskrows.row_for(entry, "", "", 0.0)[:3]
+        return url, names, key, len(entry.body), disklayout.digest(entry.body)
 
     def remove_url(self, url: str) -> int:
         """Drop every variant of *url*; return how many were dropped."""

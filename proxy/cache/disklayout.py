@@ -158,7 +158,9 @@ def remove_bodies(directory: str, names: list[str]) -> None:
     """Delete body files whose index rows were dropped; missing ones are already gone."""
     for name in names:
         if is_body_name(name):
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            # Gone already, or not a file we can remove (a directory in its place, no
+            # permission): the row is dropped either way, and the sweep reports what stays.
+            with contextlib.suppress(OSError):
                 os.unlink(body_path(directory, name))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from proxy.cache.store import StoredResponse
 from proxy.http11.headers import Headers
+from proxy.http11.serialize import serialize_response_head
 
 #: The columns :func:`entry_from_row` reads, in its order.
 COLUMNS = (
@@ -90,7 +91,7 @@ def entry_from_row(row: tuple[Any, ...], body: bytes) -> StoredResponse:
             raise CorruptRow("vary key")
         if not isinstance(url, str) or not isinstance(reason, str):
             raise CorruptRow("url or reason")
-        return StoredResponse(
+        entry = StoredResponse(
             url=url,
             status=int(status),
             reason=reason,
@@ -101,7 +102,25 @@ def entry_from_row(row: tuple[Any, ...], body: bytes) -> StoredResponse:
             vary_names=vary_names_from(names),
             vary_key=tuple(key),
         )
+        _check_sendable(entry)
+        return entry
     except (ValueError, TypeError) as error:
         if isinstance(error, CorruptRow):
             raise
         raise CorruptRow(str(error) or type(error).__name__) from error
+
+
+def _check_sendable(entry: StoredResponse) -> None:
+    """:class:`CorruptRow` unless *entry* can be sent as it is: a head the serializer accepts
+    (no CR or LF in a value, token names, a status of 100 to 599) and a ``Content-Length``,
+    if any, that is the length of the body it will be sent with (else the client's connection
+    would lose its framing)."""
+    if not 100 <= entry.status <= 599:
+        raise CorruptRow(f"status {entry.status}")
+    try:
+        serialize_response_head(entry.status, entry.reason, entry.headers)
+    except ValueError as error:
+        raise CorruptRow(f"head: {error}") from error
+    announced = entry.headers.get("content-length")
+    if announced is not None and announced.strip() != str(len(entry.body)):
+        raise CorruptRow("Content-Length is not the body's length")
