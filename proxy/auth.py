@@ -37,7 +37,10 @@ so that whoever floods pays, not the people queueing behind them:
   addresses, leave room for a genuine newcomer, and the loop never spends more than about
   ``2 * budget`` of its time hashing, whatever arrives. (An attacker who uses each of many
   addresses only once looks clean every time: the shared budget is then all that bounds
-  them, and newcomers may wait. ``--allow`` keeps the address space small.)
+  them, and once it is spent a newcomer's correct password gets ``407`` unhashed, like
+  theirs. Failures are remembered for the last :data:`MAX_TRACKED` keys, so more addresses
+  than that, easy within one IPv6 /48, defeat the per-client memory. ``--allow`` keeps the
+  address space small.)
 
 The caller passes the client's address: ``refusal(request.headers, client=peer_ip)``.
 Without it every request counts as one anonymous client, which is the old, shared budget.

@@ -216,6 +216,18 @@ def test_response_without_lifetime_is_kept_and_stands_in_on_error():
     assert answer.cache_status == "minireactor; fwd=stale; ttl=-5; detail=stale-if-error"
 
 
+def test_response_without_lifetime_to_a_request_with_a_cookie_is_not_kept():
+    """A page with no caching fields, asked for with a session cookie, is likely personal:
+    kept stale at once, it would stand in for every other user when the origin fails."""
+    cache, _, _ = cache_with()
+    writer = cache.begin_store("GET", URL + "?me", H(("Cookie", "s=A")), 200, "OK", H(), T0, T0)
+    assert writer is None
+    assert cache.lookup("GET", URL + "?me", H(("Cookie", "s=B"))).kind == "miss"
+    # With explicit freshness the origin has said it may be shared: stored as ever.
+    fresh = H(("Cache-Control", "max-age=60"))
+    assert cache.begin_store("GET", URL + "?p", H(("Cookie", "s=A")), 200, "OK", fresh, T0, T0)
+
+
 def test_max_stale_zero_turns_it_all_off():
     """With max_stale 0 nothing is served stale, and plain 200s are not even stored."""
     config = CacheConfig(max_stale=0)

@@ -79,7 +79,8 @@ def storable(
     :param keep_without_lifetime: whether to store a response that section 3 allows but that
         has no freshness lifetime and no validator (a plain ``200``): it is stale at once and
         can neither be reused nor revalidated, so it only helps when stale responses may be
-        served on an origin error (the cache's ``max_stale`` is above zero).
+        served on an origin error (the cache's ``max_stale`` is above zero); never kept when
+        the request carried a ``Cookie``, being likely one user's page.
     :returns: ``(True, "")``, or ``(False, reason)`` where *reason* is a short token fit for a
         ``Cache-Status`` detail: ``method``, ``status``, ``no-store``, ``private``,
         ``authorization``, ``set-cookie``, ``vary-star``, ``too-large`` or ``no-freshness``.
@@ -117,8 +118,14 @@ def storable(
     if _last_modified(response_headers) is not None or "ETag" in response_headers:
         return True, ""  # a heuristic lifetime, or at least a validator to revalidate with
     # Neither: the copy is only ever useful to serve stale on an origin error, so it is kept
-    # only while that is on and no directive forbids it (no-cache, must-revalidate...).
-    if keep_without_lifetime and forbidding_directive(response_cc) is None:
+    # only while that is on and no directive forbids it (no-cache, must-revalidate...). Not
+    # for a request with a Cookie: a page with no caching fields at all, asked for with a
+    # session cookie, is most likely that user's own, and would stand in for everyone's.
+    if (
+        keep_without_lifetime
+        and forbidding_directive(response_cc) is None
+        and "Cookie" not in request_headers
+    ):
         return True, ""
     return False, "no-freshness"
 

@@ -36,7 +36,7 @@ from typing import Any, NamedTuple, Protocol
 
 from minireactor import Handle, TimerHandle
 
-from ..cache import CacheConfig, HttpCache, StoredAnswer
+from ..cache import SAFE_METHODS, CacheConfig, HttpCache, StoredAnswer
 from ..cache.ranges import RangeAnswer
 from ..cache.store import StoredResponse
 from ..cache.writer import CacheWriter
@@ -360,7 +360,12 @@ class CacheStep:
         now = self.clock()
         if request.method not in ("GET", "HEAD"):
             cache.invalidate(request.method, url, response.status, response.headers)
-            if self.disk is not None and 200 <= response.status < 400:
+            # As the memory tier does (RFC 9111 section 4.4): only unsafe methods invalidate.
+            if (
+                self.disk is not None
+                and request.method not in SAFE_METHODS
+                and 200 <= response.status < 400
+            ):
                 self.disk.invalidate(url, response.headers)
             return Tee(None, cache_status, None)
         if plan is None:
