@@ -427,6 +427,9 @@ class FakeTransport:
         self.undrained = 0
         self.writing_paused = False
         self.lost_with: BaseException | None = None
+        # Set by a test: the next write fails as a real send() to a reset peer does, and
+        # connection_lost is scheduled for the protocol of that moment.
+        self.fail_next_write: BaseException | None = None
         clock.call_soon(self._made)
 
     def _made(self) -> None:
@@ -458,6 +461,11 @@ class FakeTransport:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.is_closing or self.eof_sent:
+            return
+        if self.fail_next_write is not None:
+            failure, self.fail_next_write = self.fail_next_write, None
+            self.closing = True
+            self._lose(failure)
             return
         self.sent += data
         if self.window is not None:

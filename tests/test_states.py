@@ -268,6 +268,23 @@ def connect_tunnel() -> list[FakeClient]:
 
 
 @story
+def client_lost_as_the_tunnel_opens() -> list[FakeClient]:
+    """The 200 of a CONNECT fails to send (the client reset): the tunnel still closes both
+    sides, and the server hears that the session ended, so its --max-conns slot is free."""
+    world = FakeWorld()
+    client = world.client()
+    client.transport.fail_next_write = ConnectionResetError("reset by peer")
+    client.send("CONNECT origin.test:443 HTTP/1.1\r\nHost: origin.test:443\r\n\r\n")
+    world.clock.run()
+    assert client.state is S.CLOSED
+    assert world.origin().closed, "the origin side of the tunnel is closed too"
+    assert world.host.closed == [client.session]
+    assert moves_of(client)[-1] == ("TUNNEL_OPEN", "TUNNEL_CLOSED", "CLOSED")
+    assert "INTERNAL_ERROR" not in client.triggers()
+    return [client]
+
+
+@story
 def cache_hit() -> list[FakeClient]:
     """A stored fresh response is served without asking the origin."""
     world = FakeWorld()

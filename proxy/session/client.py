@@ -258,22 +258,32 @@ class ClientSession(StreamProtocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Release everything this connection held, then end in CLOSED."""
-        self.deadline.close()
-        if self.dialer is not None:
-            self.dialer.cancel()
-            self.dialer = None
-        if self.exchange is not None:
-            self.exchange.abandon()
-            self.exchange = None
-        self.body_sender = None
-        if self.request is not None and not self.log.logged:
-            self.log.result += "_ABORTED"
-            self._write_log()
-        if self.machine.state is S.CLOSING:
-            self.machine.fire(T.CLOSED)
-        elif self.machine.state is not S.CLOSED:
-            self.machine.fire(T.CLIENT_GONE)
-        self.ctx.host.session_closed(self)
+        if self.tunnel is not None:
+            # The client went while its tunnel opened (the 200 or the 101's tail failed to
+            # send): the notice was addressed to us before the tunnel took the transport
+            # over. The tunnel's client end takes it, and tunnel_closed() ends the session.
+            self.tunnel.client_end.connection_lost(exc)
+            return
+        try:
+            self.deadline.close()
+            if self.dialer is not None:
+                self.dialer.cancel()
+                self.dialer = None
+            if self.exchange is not None:
+                self.exchange.abandon()
+                self.exchange = None
+            self.body_sender = None
+            if self.request is not None and not self.log.logged:
+                self.log.result += "_ABORTED"
+                self._write_log()
+            if self.machine.state is S.CLOSING:
+                self.machine.fire(T.CLOSED)
+            elif self.machine.state is not S.CLOSED:
+                self.machine.fire(T.CLIENT_GONE)
+        finally:
+            # Whatever went wrong above, the server must hear of it: the session holds a
+            # --max-conns slot, and a stopping proxy waits for it.
+            self.ctx.host.session_closed(self)
 
     def pause_writing(self) -> None:
         """The client reads slower than we send: stop reading from the origin."""
