@@ -315,6 +315,29 @@ def forbidden_403() -> list[FakeClient]:
 
 
 @story
+def keep_alive_refusals_are_logged_as_their_own() -> list[FakeClient]:
+    """After a forwarded request, a 403 is logged with no hop, and a 400 is logged at all."""
+    world = FakeWorld(blocklist="blocked.test\n", hosts={"blocked.test": "127.0.0.1"})
+    client = world.client()
+    client.send(GET)
+    answer(world)
+    client.transport.take()
+    client.send("GET http://blocked.test/ HTTP/1.1\r\nHost: blocked.test\r\n\r\n")
+    assert client.transport.status_line() == "HTTP/1.1 403 Forbidden"
+    client.transport.take()
+    client.send("NOT A REQUEST\r\n\r\n")
+    assert client.transport.status_line() == "HTTP/1.1 400 Bad Request"
+    world.clock.run()
+    logged = [(r.status, r.hierarchy, r.peer) for r in world.stats.recent]
+    assert logged == [
+        (200, "HIER_DIRECT", "origin.test"),
+        (403, "HIER_NONE", None),
+        (400, "HIER_NONE", None),
+    ]
+    return [client]
+
+
+@story
 def forbidden_with_close() -> list[FakeClient]:
     """A refusal to a client that asked to close: the answer, then the close."""
     world = FakeWorld(blocklist="origin.test\n")

@@ -345,6 +345,7 @@ class ClientSession(StreamProtocol):
         self.request = request
         self.request_complete = request.method == "CONNECT"  # the rest is the tunnel's
         self.target = None
+        self.hop = None  # else a refusal after a forwarded request logs that request's hop
         self.retried = False
         self.progress = 0
         self.machine.fire(T.HEAD_RECEIVED)
@@ -932,6 +933,9 @@ class ClientSession(StreamProtocol):
         if reusable:
             self.machine.fire(T.RESPONSE_DONE)
             self.request = None
+            # A new record at once: a 400 or 408 before the next head is this connection's
+            # next line, not a write into the one just logged (which would be skipped).
+            self.log = RequestLog(self.ctx.scheduler.time())
             self._arm_keepalive()
             assert self.transport is not None
             self.transport.resume_reading()
