@@ -730,6 +730,24 @@ def the_disk_tier_serves_what_a_restarted_proxy_stored() -> list[FakeClient]:
 
 
 @story
+def a_disk_that_never_answers_is_a_miss() -> list[FakeClient]:
+    """A wedged (or closed) disk tier holds a request only DISK_LOOKUP_TIMEOUT: then MISS."""
+    from proxy.session.client import DISK_LOOKUP_TIMEOUT
+
+    world = FakeWorld(disk=True)
+    client = world.client()
+    client.send(GET)
+    assert client.state is S.LOOKING_UP_CACHE
+    world.clock.advance(DISK_LOOKUP_TIMEOUT + 0.1)
+    assert client.triggers() == ["HEAD_RECEIVED", "CACHEABLE", "MISS", "RESOLVED", "CONNECTED"]
+    answer(world, b"origin")
+    assert client.transport.take().endswith(b"origin")
+    world.disk.answer()  # late: dropped, the request is long served
+    assert client.state is S.IDLE
+    return [client]
+
+
+@story
 def a_range_is_cut_from_the_stored_copy() -> list[FakeClient]:
     world = FakeWorld()
     first = world.client()

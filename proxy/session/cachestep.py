@@ -303,11 +303,15 @@ class CacheStep:
             self.disk_hits += 1
         plan.waiter.cache_lookup_ready()
 
-    def request_ended(self, plan: CachePlan) -> None:
-        """The request is over (answered, failed or abandoned): wake the ones waiting for it."""
+    def abandon_disk_lookup(self, plan: CachePlan) -> None:
+        """Stop waiting for *plan*'s disk look-up: its answer, if it ever comes, is dropped."""
         if plan.disk_lookup is not None:
             plan.disk_lookup.cancel()
             plan.disk_lookup = None
+
+    def request_ended(self, plan: CachePlan) -> None:
+        """The request is over (answered, failed or abandoned): wake the ones waiting for it."""
+        self.abandon_disk_lookup(plan)
         if plan.wait_timer is not None:
             plan.wait_timer.cancel()
             plan.wait_timer = None

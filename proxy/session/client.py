@@ -93,6 +93,10 @@ T = Trigger
 PIPELINE_BUFFER_LIMIT = 256 * 1024
 """Bytes of a pipelined next request held while the current one is answered."""
 
+# A disk look-up takes milliseconds; one still out after this is a disk in trouble, and the
+# request is better served as a miss than held (the memory tier alone answers meanwhile).
+DISK_LOOKUP_TIMEOUT = 2.0
+
 _DIAL_TRIGGERS = {
     DialError.NO_ADDRESS: T.RESOLVE_FAILED,
     DialError.FORBIDDEN_ADDRESS: T.DENIED,
@@ -436,7 +440,9 @@ class ClientSession(StreamProtocol):
             answer = outcome.answer
             self._serve_stored(answer.entry, answer.status, answer.cache_status, "TCP_STALE_HIT")
         elif isinstance(outcome, AskingDisk):
-            pass  # still LOOKING_UP_CACHE: cache_lookup_ready follows
+            # Still LOOKING_UP_CACHE: cache_lookup_ready follows, unless the disk thread is
+            # wedged (a lock, a slow disk) or closed; then the request goes on as a miss.
+            self.deadline.arm(DISK_LOOKUP_TIMEOUT, self._disk_lookup_timed_out)
         elif isinstance(outcome, Wait):
             self.machine.fire(T.FETCH_IN_PROGRESS)
         elif isinstance(outcome, OnlyIfCachedMiss):
@@ -468,7 +474,15 @@ class ClientSession(StreamProtocol):
     def cache_lookup_ready(self) -> None:
         """The disk tier answered: look up again, the memory store now holds what it found."""
         if self.machine.state is S.LOOKING_UP_CACHE:
+            self.deadline.disarm()
             self._look_up_cache()
+
+    @guarded
+    def _disk_lookup_timed_out(self) -> None:
+        cache, plan = self.ctx.cache, self.cache_plan
+        if self.machine.state is S.LOOKING_UP_CACHE and cache is not None and plan is not None:
+            cache.abandon_disk_lookup(plan)
+            self._look_up_cache()  # the disk was asked once: now a memory miss, so MISS
 
     def _stand_in(self) -> bool:
         """The origin failed before its head: serve the stale copy if it may (stale-if-error)."""
