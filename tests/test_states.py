@@ -1094,3 +1094,19 @@ def test_the_docs_and_notebook_07_draw_the_table_itself() -> None:
     notebook = json.loads(_source("notebooks/07_session_state_machine.ipynb"))
     code = "".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code")
     assert "diagram.svg()" in code and "from proxy.session import diagram" in code
+
+
+def test_a_connection_accepted_just_before_shutdown_is_closed_at_once() -> None:
+    """shutdown() can reach a session before its connection_made (a call_soon after the
+    accept): the connection is closed then, not held open until the grace period ends."""
+    from support import FakeTransport
+
+    from proxy.session.client import ClientSession
+
+    world = FakeWorld()
+    session = ClientSession(world.context)
+    session.shutdown()
+    transport = FakeTransport(world.clock, session, ("127.0.0.1", 50000))
+    world.clock.run()
+    assert transport.closed and session.state is S.CLOSED
+    assert world.host.closed == [session]

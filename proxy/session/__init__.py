@@ -8,7 +8,8 @@ Read it in this order:
   against (the reactor as a scheduler, the network, the server), so that a fake world drives
   them in tests and notebooks.
 * :mod:`proxy.session.client`: :class:`~proxy.session.client.ClientSession`, the conductor.
-* The steps, each reporting to the session through an interface of its own:
+* The steps, each answering the session with a value or reporting to it through a
+  ``Protocol`` of its own module:
   :mod:`proxy.policy` (CHECKING_POLICY), :mod:`proxy.session.cachestep` (the cache states),
   :mod:`proxy.session.dialer` (RESOLVING, CONNECTING), :mod:`proxy.session.exchange`
   (FORWARDING, RELAYING_RESPONSE), :mod:`proxy.tunnel` (TUNNEL_OPEN) and

@@ -9,9 +9,10 @@ one that calls each step in turn. Bytes go into a sans-IO
 is ready for them, which is how pipelined requests wait their turn and how a request body is
 read exactly as fast as the origin takes it.
 
-The steps know nothing of the state table. Each is built with what it needs and reports back
-through an interface of its own module, which this class implements; on each report the
-session makes one move of the table and tells the next step what to do::
+The steps know nothing of the state table. Each is built with what it needs and answers with
+a value or reports back through a ``Protocol`` of its own module, which this class
+implements; on each report the session makes one move of the table and tells the next step
+what to do::
 
     IDLE -> READING_HEAD -> CHECKING_POLICY        policy: PolicyStep.decide -> a value
       -> [LOOKING_UP_CACHE -> WAITING_FOR_CACHE]    cache: CacheStep.look_up -> a value
@@ -231,6 +232,11 @@ class ClientSession(StreamProtocol):
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = peer
+        if self.machine.state is S.CLOSING:
+            # Shutdown came between accept and this tick (connection_made is a call_soon):
+            # nothing was read, so there is nothing to finish.
+            transport.close()
+            return
         self._arm_keepalive()
 
     @guarded

@@ -12,8 +12,8 @@ connections and no socket at all (``tests/support.py`` has them):
 * :class:`SessionHost` is the server seen from one session: whether the proxy is stopping,
   and where to report that the connection has ended.
 
-The steps depend on this module and on nothing of the session. Each step is built with exactly
-what it needs and reports to the session through an interface its own module defines
+No step imports the session. Each step is built with exactly what it needs and answers with
+a value or reports to the session through an interface its own module defines
 (``DialOwner``, ``ExchangeOwner``, ``CacheWaiter``, ``TunnelOwner``); the session implements
 them all, and gets the steps the server built once for all its sessions in one record,
 :class:`~proxy.session.client.SessionContext`. So the imports run one way: the steps import

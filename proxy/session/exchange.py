@@ -108,7 +108,8 @@ class ExchangeOwner(Protocol):
 
     def response_head(self, response: Response) -> RelayPlan | None:
         """The final response head arrived: relay it by the plan, or None if the session took
-        the response over (it called :meth:`Exchange.discard_response`)."""
+        the response over (it called :meth:`Exchange.discard_response` or
+        :meth:`Exchange.abandon`)."""
         ...
 
     def response_finished(self, client_reusable: bool) -> None:
@@ -458,6 +459,8 @@ class Exchange:
         event = self.upstream.parser.next_event()
         if not isinstance(event, EndOfMessage):
             # A 304 has no body (RFC 9110 section 15.4.5): its end follows its head at once.
+            # The session has let go of this exchange already, so close the origin here.
+            self._end(reuse_upstream=False)
             raise RuntimeError(f"a bodiless response continued with {event!r}")
         reuse = self.owner.request_complete and persists(response.version, response.connection)
         self._end(reuse_upstream=reuse)
