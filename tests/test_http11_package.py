@@ -32,8 +32,8 @@ def test_imports_no_io(path):
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda path: path.name)
-def test_module_is_small_and_explains_itself(path):
-    assert len(path.read_text().splitlines()) <= 300
+def test_module_explains_itself(path):
+    # No line cap: a module is as long as its idea needs; it must say what that idea is.
     module = importlib.import_module(
         f"proxy.http11.{path.stem}" if path.stem != "__init__" else "proxy.http11"
     )
