@@ -1110,3 +1110,22 @@ def test_a_connection_accepted_just_before_shutdown_is_closed_at_once() -> None:
     world.clock.run()
     assert transport.closed and session.state is S.CLOSED
     assert world.host.closed == [session]
+
+
+def test_a_copy_kept_only_to_stand_in_stays_off_the_disk() -> None:
+    """A 200 with no lifetime and no validator is re-stored on every request for it: kept in
+    memory (it stands in when the origin fails), never written to the disk tier."""
+    world = FakeWorld(disk=True)
+    plain = world.client()
+    plain.send(GET)
+    world.disk.answer()
+    world.origin().feed(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+    assert plain.transport.take().endswith(b"plain")
+    assert world.disk.entries == {}
+    fresh = world.client()
+    fresh.send(GET.replace("/page", "/fresh"))
+    world.disk.answer()
+    world.origin().feed(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nfresh"
+    )
+    assert list(world.disk.entries) == ["http://origin.test/fresh"]

@@ -451,8 +451,18 @@ class CacheStep:
         return head
 
     def _keep_on_disk(self, entry: StoredResponse) -> None:
-        if self.disk is not None:
-            self.disk.put(entry)  # queued for the disk's thread; shed if too much is queued
+        if self.disk is None:
+            return
+        headers = entry.headers
+        if (
+            self.cache.freshness_lifetime(entry) <= 0
+            and "ETag" not in headers
+            and "Last-Modified" not in headers
+        ):
+            # Kept only to stand in on an origin error, and stored again on every request
+            # for it: one fsync per page view would buy the disk nothing a restart needs.
+            return
+        self.disk.put(entry)  # queued for the disk's thread; shed if too much is queued
 
     def range_head(
         self, entry: StoredResponse, answer: RangeAnswer, cache_status: str, connection: str
