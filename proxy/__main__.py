@@ -30,6 +30,7 @@ from .config import (
     SPLICE_PIPE_FDS,
     Config,
     MiB,
+    current_fd_limit,
     default_max_conns,
     raise_fd_limit,
 )
@@ -404,12 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigFileError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     raise_fd_limit()  # before the --max-conns default is derived from it
-    if args.max_conns is None:
-        args.max_conns = default_max_conns()  # so --print-config shows the effective value
     if args.print_config:
         origin = "defaults, then " + (f"{source.path}, then " if source.path else "") + "flags"
         sizes = {n: _size_text for n in ("cache_size", "cache_max_object", "cache_dir_size")}
-        sys.stdout.write(dump(args, parser, origin, sizes))
+        # Shown, but as a comment: a file made from this output must go on deriving it.
+        rule = (
+            f"(RLIMIT_NOFILE {current_fd_limit()} - {RESERVED_FDS + SPLICE_PIPE_FDS}) "
+            f"// {FDS_PER_CONNECTION}"
+        )
+        derived = {"max_conns": (default_max_conns(), rule)}
+        sys.stdout.write(dump(args, parser, origin, sizes, derived))
         return 0
     config = config_from_args(args)
     level = "DEBUG" if config.trace else config.log_level

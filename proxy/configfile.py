@@ -378,6 +378,7 @@ def dump(
     parser: argparse.ArgumentParser,
     origin: str,
     spell: Mapping[str, Callable[[Any], str]] | None = None,
+    derived: Mapping[str, tuple[object, str]] | None = None,
 ) -> str:
     """The settings in *namespace* as a config file, grouped as ``--help`` groups the flags.
 
@@ -385,8 +386,14 @@ def dump(
     rather than ``67108864``); the text becomes a TOML string, which the converter reads back.
     Settings with no value (``auth-file`` unset) are written as comments. Paths are written
     absolute: the file reads relative paths from its own folder, flags from the working one.
+
+    *derived* maps a destination left unset (None in *namespace*) to the value the proxy
+    computes for it on this machine and how: ``max_conns`` follows the descriptor limit. Such a
+    value is written as a comment, never a key, so a file started from this output keeps
+    deriving it where it runs instead of pinning this shell's figure.
     """
     spell = spell or {}
+    derived = derived or {}
     lines = [f"# Effective configuration of python -m proxy ({origin}).", ""]
     keys = {action.dest: key for key, action in settable_actions(parser).items()}
     for group in parser._action_groups:
@@ -396,7 +403,10 @@ def dump(
             if key is None:
                 continue
             value = getattr(namespace, action.dest)
-            if value is None:
+            if value is None and action.dest in derived:
+                figure, how = derived[action.dest]
+                body.append(f"# {key} = {toml_value(figure)}  # derived here: {how}")
+            elif value is None:
                 body.append(f"# {key} = (not set)")
             elif action.dest in PATH_SETTINGS and value not in STREAM_NAMES:
                 body.append(f"{key} = {toml_value(os.path.abspath(value))}")

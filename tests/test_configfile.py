@@ -277,6 +277,28 @@ def test_print_config_comments_unset_settings_and_spells_sizes():
     assert keys == set(settable_actions(build_parser()))
 
 
+def test_a_derived_default_is_printed_as_a_comment_and_reads_back_unset(tmp_path):
+    """A file started from --print-config must not pin the shell's --max-conns (issue 15)."""
+    src = source(tmp_path, "port = 3128\n")
+    output = dump(src.namespace(), build_parser(), "test", SIZES, {"max_conns": (9920, "rule")})
+    assert "# max-conns = 9920  # derived here: rule" in output.splitlines()
+    again = source(tmp_path, output)
+    assert again.namespace().max_conns is None  # still derived where the file is used
+    typed = source(tmp_path, "max-conns = 300\n")
+    output = dump(typed.namespace(), build_parser(), "test", SIZES, {"max_conns": (9920, "rule")})
+    assert "max-conns = 300" in output.splitlines()
+
+
+def test_the_example_file_pins_no_derived_or_default_value():
+    """Copied to /etc as the guide says, it must leave max-conns to the descriptor limit."""
+    example = Path(__file__).resolve().parent.parent / "docs" / "proxy.example.toml"
+    values = read_file(str(example), build_parser())
+    assert "max_conns" not in values
+    defaults = vars(build_parser().parse_args([]))
+    restated = {k for k, v in values.items() if v == defaults[k]} - {"host", "port"}
+    assert restated == set(), restated
+
+
 def test_toml_value_refuses_what_toml_cannot_say():
     with pytest.raises(TypeError):
         toml_value(None)
