@@ -35,6 +35,7 @@ from .config import (
     raise_fd_limit,
 )
 from .configfile import ConfigFileError, ConfigSource, dump
+from .parent import redact_parent
 from .sharedmetrics import SharedMetrics
 
 if TYPE_CHECKING:
@@ -414,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             f"// {FDS_PER_CONNECTION}"
         )
         derived = {"max_conns": (default_max_conns(), rule)}
-        sys.stdout.write(dump(args, parser, origin, sizes, derived))
+        sys.stdout.write(dump(args, parser, origin, sizes, derived, {"parent": redact_parent}))
         return 0
     config = config_from_args(args)
     level = "DEBUG" if config.trace else config.log_level

@@ -379,6 +379,7 @@ def dump(
     origin: str,
     spell: Mapping[str, Callable[[Any], str]] | None = None,
     derived: Mapping[str, tuple[object, str]] | None = None,
+    redact: Mapping[str, Callable[[str], str]] | None = None,
 ) -> str:
     """The settings in *namespace* as a config file, grouped as ``--help`` groups the flags.
 
@@ -391,9 +392,14 @@ def dump(
     computes for it on this machine and how: ``max_conns`` follows the descriptor limit. Such a
     value is written as a comment, never a key, so a file started from this output keeps
     deriving it where it runs instead of pinning this shell's figure.
+
+    *redact* maps a destination to a function hiding its secret (the parent proxy's password).
+    A value it changes is written hidden, after a comment saying so: the output stays a file
+    ``--config`` reads, but it never carries the secret to a terminal, a ticket or a paste.
     """
     spell = spell or {}
     derived = derived or {}
+    redact = redact or {}
     lines = [f"# Effective configuration of python -m proxy ({origin}).", ""]
     keys = {action.dest: key for key, action in settable_actions(parser).items()}
     for group in parser._action_groups:
@@ -410,6 +416,9 @@ def dump(
                 body.append(f"# {key} = (not set)")
             elif action.dest in PATH_SETTINGS and value not in STREAM_NAMES:
                 body.append(f"{key} = {toml_value(os.path.abspath(value))}")
+            elif action.dest in redact and redact[action.dest](value) != value:
+                body.append(f"# {key}: password redacted; put the real one back to use this file")
+                body.append(f"{key} = {toml_value(redact[action.dest](value))}")
             elif action.dest in spell:
                 body.append(f"{key} = {toml_value(spell[action.dest](value))}")
             else:

@@ -30,6 +30,7 @@ from proxy.configfile import (
     setting_key,
     toml_value,
 )
+from proxy.parent import redact_parent
 
 SIZES = {"cache_size": _size_text, "cache_max_object": _size_text}
 
@@ -287,6 +288,31 @@ def test_a_derived_default_is_printed_as_a_comment_and_reads_back_unset(tmp_path
     typed = source(tmp_path, "max-conns = 300\n")
     output = dump(typed.namespace(), build_parser(), "test", SIZES, {"max_conns": (9920, "rule")})
     assert "max-conns = 300" in output.splitlines()
+
+
+def test_print_config_redacts_the_parents_password_and_still_reads_back(tmp_path):
+    src = source(tmp_path, 'parent = "http://office:s3cret@gw.example:8080"\n')
+    hide = {"parent": redact_parent}
+    output = dump(src.namespace(), build_parser(), "test", SIZES, redact=hide)
+    assert "s3cret" not in output
+    lines = output.splitlines()
+    at = lines.index('parent = "http://office:***@gw.example:8080"')
+    assert "password redacted" in lines[at - 1]
+    assert source(tmp_path, output).load().parent == "http://office:***@gw.example:8080"
+    plain = source(tmp_path, 'parent = "http://gw.example:8080"\n')
+    output = dump(plain.namespace(), build_parser(), "test", SIZES, redact=hide)
+    assert "redacted" not in output
+
+
+def test_a_reload_with_a_bad_parent_logs_no_password(tmp_path):
+    path = tmp_path / "proxy.toml"
+    path.write_text('parent = "http://office:s3cret@gw.example:8080"\n')
+    src = ConfigSource.from_argv(build_parser, config_from_args, ["--config", str(path)])
+    current = src.load()
+    path.write_text('parent = "http://office:s3cret@gw.example:99999"\n')
+    result = src.reload(current)
+    assert result.error is not None and result.config == current
+    assert "s3cret" not in result.summary() and "office:***@" in result.summary()
 
 
 def test_the_example_file_pins_no_derived_or_default_value():
