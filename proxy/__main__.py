@@ -92,6 +92,17 @@ def _access_log(text: str) -> str:
     return text
 
 
+def _blacklist(text: str) -> str:
+    # A missing *file* is fine (the watcher loads it when it appears); a missing folder cannot
+    # be watched, and would otherwise fail at start as an OSError far from the flag.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give the blocklist file's path")
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"no such directory for {text!r}: {folder}")
+    return text
+
+
 def _network(text: str) -> str:
     try:
         ipaddress.ip_network(text.strip(), strict=False)
@@ -228,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pol = parser.add_argument_group("policy")
     pol.add_argument(
-        "--blacklist", default=defaults.blacklist, help="blocklist file, hot-reloaded (%(default)s)"
+        "--blacklist",
+        type=_blacklist,
+        default=defaults.blacklist,
+        help="blocklist file, hot-reloaded; its folder must exist (%(default)s)",
     )
     pol.add_argument(
         "--connect-ports",
@@ -448,17 +462,22 @@ def _serve(
     lifeline: int | None = None,
     shared: SharedMetrics | None = None,
 ) -> int:
-    from .app import ProxyServer
+    from .app import ListenError, ProxyServer
 
     server = ProxyServer(config, config_source=source, shared_metrics=shared, worker=worker)
     who = f" worker {worker}" if worker is not None else ""
     try:
         server.start()
+    except ListenError as exc:
+        _say(f"proxy{who}: cannot listen on {config.host}:{config.port}: {exc.strerror}")
+        return 1
     except OSError as exc:
         if server.access_log is None and config.access_log not in ("none", "-", "stderr"):
             _say(f"proxy{who}: cannot open the access log {config.access_log}: {exc.strerror}")
         else:
-            _say(f"proxy{who}: cannot listen on {config.host}:{config.port}: {exc.strerror}")
+            # The blocklist's folder vanished since the flag was checked, a disk cache folder...
+            where = f" {exc.filename}" if exc.filename else ""
+            _say(f"proxy{who}: cannot start:{where} {exc.strerror or exc}")
         return 1
     server.install_signal_handlers()
     if lifeline is not None:

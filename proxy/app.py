@@ -59,6 +59,15 @@ from .upstream import UpstreamPool
 log = logging.getLogger("proxy")
 
 
+class ListenError(OSError):
+    """The listening socket could not be made (port in use, address not here, no permission).
+
+    An :class:`OSError` with the same ``errno`` and ``strerror``, told apart from the other
+    failures of :meth:`ProxyServer.start` (the access log, the blocklist's folder) so that only
+    this one is reported as "cannot listen".
+    """
+
+
 class ProxyServer:
     """A complete proxy instance: reactor, listener, sessions, blocklist watcher."""
 
@@ -222,7 +231,10 @@ class ProxyServer:
     def start(self) -> ProxyServer:
         """Open the access log, bind, load the blocklist and start watching it.
 
-        The loop is not run yet. :raises OSError: the access log or the port cannot be opened.
+        The loop is not run yet.
+
+        :raises ListenError: the port cannot be bound.
+        :raises OSError: the access log cannot be opened, or the blocklist's folder watched.
         """
         config = self.config
         self._open_access_log(config)
@@ -238,13 +250,16 @@ class ProxyServer:
         if self._sock is not None:
             self.server = Server(self.reactor, self._sock, self._accept)
         else:
-            self.server = listen(
-                self.reactor,
-                config.host,
-                config.port,
-                self._accept,
-                reuse_port=config.workers > 1,
-            )
+            try:
+                self.server = listen(
+                    self.reactor,
+                    config.host,
+                    config.port,
+                    self._accept,
+                    reuse_port=config.workers > 1,
+                )
+            except OSError as exc:
+                raise ListenError(exc.errno, exc.strerror) from exc
         host, port = self.server.address
         self.own_addresses.add((host, port))
         if host not in ("0.0.0.0", "::"):

@@ -139,3 +139,33 @@ def test_help_shows_a_config_example():
     assert "--config /etc/proxy/proxy.toml" in out.stdout
     assert 'allow = ["10.0.0.0/8", "192.168.0.0/16"]' in out.stdout
     assert "docs/proxy.example.toml" in out.stdout
+
+
+def test_a_blocklist_in_a_missing_folder_is_a_config_error_not_a_listen_error(tmp_path):
+    """Exit 2 (RestartPreventExitStatus), naming the flag or the key and line (issue 19)."""
+    missing = tmp_path / "no-such-folder" / "blacklist.txt"
+    out = run_cli("--port", "0", "--blacklist", str(missing))
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr and "cannot listen" not in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"python -m proxy: error: argument --blacklist: no such directory for "
+        f"'{missing}': {missing.parent}"
+    )
+    config = tmp_path / "proxy.toml"
+    config.write_text('port = 0\nblacklist = "no-such-folder/blacklist.txt"\n')
+    out = run_cli("--config", str(config))
+    assert out.returncode == 2, out.stderr
+    assert one_error_line(out.stderr) == (
+        f"python -m proxy: error: {config}:2: blacklist: no such directory for "
+        f"'{missing}': {missing.parent}"
+    )
+
+
+def test_a_missing_blocklist_file_in_an_existing_folder_still_starts(tmp_path):
+    child = Child("--port", "0", "--blacklist", str(tmp_path / "later.txt"))
+    try:
+        child.wait_for("listening on")
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.proc.wait(20) == 0
+    finally:
+        child.stop()
