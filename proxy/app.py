@@ -21,12 +21,14 @@ second signal during the grace period aborts at once, as a user pressing Ctrl-C 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from minireactor import Reactor, Resolver, Server, TimerHandle, Transport, listen, splice
@@ -500,20 +502,30 @@ class ProxyServer:
 
     def _release(self) -> None:
         # The sessions are gone by now (aborted or closed), so their lines are all buffered.
+        # Every step runs even if one before it raised (a last metrics publish that outgrew its
+        # slot must not cost the access log's last lines); the first error still propagates.
+        steps: list[Callable[[], object]] = []
         if self._publisher is not None:
-            self._publisher.stop()
+            steps.append(self._publisher.stop)
         if self.access_log is not None:
-            self.access_log.close()
+            steps.append(self.access_log.close)
         if self.disk is not None:
-            self.disk.close()  # joins its thread once the queued writes are done
+            steps.append(self.disk.close)  # joins its thread once the queued writes are done
         if self.pipes is not None:
-            self.pipes.close()
+            steps.append(self.pipes.close)
+        if self.watcher is not None:
+            steps.append(self._stop_watcher)
+        if self.server is not None:
+            steps.append(self.server.close)
+        if self._own_resolver and isinstance(self.resolver, Resolver):
+            steps.append(self.resolver.close)
+        if self._own_reactor:
+            steps.append(self.reactor.close)
+        with contextlib.ExitStack() as release:
+            for step in reversed(steps):  # an ExitStack unwinds last-in first
+                release.callback(step)
+
+    def _stop_watcher(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
-        if self.server is not None:
-            self.server.close()
-        if self._own_resolver and isinstance(self.resolver, Resolver):
-            self.resolver.close()
-        if self._own_reactor:
-            self.reactor.close()

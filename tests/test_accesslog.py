@@ -434,3 +434,36 @@ def test_only_the_formats_that_show_them_need_the_request_fields():
         for name, f in FORMATS.items()
     }
     assert wants == {"squid": False, "combined": True, "json": True}
+
+
+def test_the_last_lines_are_written_even_if_the_metrics_publisher_fails_at_stop():
+    """A clean stop loses no line (issue 19), whatever the steps before the log's close do."""
+    from minireactor import StaticResolver
+    from proxy.app import ProxyServer
+    from proxy.config import Config
+    from proxy.sharedmetrics import SharedMetrics
+
+    reactor = Reactor()
+    sink = MemorySink()
+    server = ProxyServer(
+        Config(host="127.0.0.1", port=0, watch_blacklist=False),
+        reactor=reactor,
+        resolver=StaticResolver(reactor, {}),
+        access_sink=sink,
+        shared_metrics=SharedMetrics(1),
+        worker=0,
+    )
+    server.start()
+    assert server.access_log is not None and server._publisher is not None
+
+    def outgrown() -> None:
+        raise ValueError("snapshot larger than its slot")
+
+    server._publisher.stop = outgrown  # type: ignore[method-assign]
+    server.access_log.log(RECORD)  # buffered until the tick ends, or the close
+    with pytest.raises(ValueError, match="slot"):
+        server._release()
+    assert b"".join(sink.writes) == squid_line(RECORD).encode()
+    assert sink.closed
+    assert server.server is not None and server.server.sock.fileno() == -1  # later steps ran
+    reactor.close()
