@@ -247,8 +247,7 @@ class ProxyServer:
             self._publisher.start()
             self.metrics = self._publisher
         if config.trace:
-            trace_log = logging.getLogger("minireactor.trace")
-            self.reactor.set_trace(lambda event, info: trace_log.debug("%s %s", event, info))
+            self._set_trace(True)
         if self._sock is not None:
             self.server = Server(self.reactor, self._sock, self._accept)
         else:
@@ -373,6 +372,9 @@ class ProxyServer:
             return
         old, self.config = self.config, result.config
         logging.getLogger().setLevel("DEBUG" if result.config.trace else result.config.log_level)
+        if old.trace != result.config.trace:
+            self._set_trace(result.config.trace)
+        self._retime(result.config)
         if (old.access_log, old.access_log_format) != (
             result.config.access_log,
             result.config.access_log_format,
@@ -396,6 +398,23 @@ class ProxyServer:
         else:
             self.auth = None
             self._use_context()
+
+    def _retime(self, config: Config) -> None:
+        # The timers that are not armed from the session context: the tunnels' one sweep, the
+        # idle upstream pool and the cache's collapsed-request wait read these at each arming.
+        self.tunnel_kit.sweep.retime(config.idle_timeout)
+        self.pool.idle_timeout = config.upstream_idle_timeout
+        if self.cache_step is not None:
+            self.cache_step.collapse_wait = config.collapse_wait
+
+    def _set_trace(self, on: bool) -> None:
+        # Off means no hook at all: a hook whose events the logger drops still costs a trace
+        # event built per callback.
+        if on:
+            trace_log = logging.getLogger("minireactor.trace")
+            self.reactor.set_trace(lambda event, info: trace_log.debug("%s %s", event, info))
+        else:
+            self.reactor.set_trace(None)
 
     def _reload_auth(self, config: Config) -> None:
         # The auth file is read on a helper thread: the loop never reads a file.
