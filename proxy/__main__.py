@@ -9,7 +9,8 @@ the flags typed (in that order of precedence, see :mod:`proxy.configfile`) into 
 or SIGTERM. Every value is checked by the converter of its flag, whether it came from the
 command line or the file. Mistakes end with one line and exit status 2 (argparse's for a flag,
 ``FILE:LINE: key: ...`` for the file); a port already in use ends with one line and status 1,
-never a traceback.
+never a traceback. ``SIGHUP`` and ``SIGUSR1``, whose default action is to kill, are blocked
+from the start until the handlers are installed, so one sent during start-up is handled then.
 """
 
 from __future__ import annotations
@@ -411,8 +412,28 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+HELD_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR1})
+"""Signals blocked from start-up until the process has its handlers for them."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the proxy until interrupted; return the exit status."""
+    # SIGHUP and SIGUSR1 kill a process by default, and a reload or a logrotate postrotate may
+    # land while it starts (or forks its workers). Held until the handlers are in place, such a
+    # signal is delivered to them then instead; threads started meanwhile keep them blocked, so
+    # the main thread is the one that takes them.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        return _main(argv)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _release_held_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+
+
+def _main(argv: list[str] | None) -> int:
     source = ConfigSource.from_argv(build_parser, config_from_args, argv)
     parser = build_parser()
     try:
@@ -480,6 +501,7 @@ def _serve(
             _say(f"proxy{who}: cannot start:{where} {exc.strerror or exc}")
         return 1
     server.install_signal_handlers()
+    _release_held_signals()
     if lifeline is not None:
         _stop_with_parent(server, lifeline)
     host, port = server.address
@@ -543,6 +565,9 @@ def _run_workers(config: Config, source: ConfigSource | None = None) -> int:
 
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
         signal.signal(getattr(signal, name), forward)
+    # A SIGHUP held since start-up reaches each worker now, and waits in a worker that is
+    # still starting until that one has its handlers.
+    _release_held_signals()
     status = 0
     for pid in children:
         _, code = os.waitpid(pid, 0)
