@@ -131,6 +131,8 @@ class ProxyServer:
         # Operating: the access log (opened at start), config reloads, metrics.
         self._access_sink = access_sink
         self.access_log: AccessLog | None = None
+        # Lines of the access logs a reload replaced, so the counters never go backwards.
+        self._old_access_log_lines = (0, 0)
         self._config_source = config_source
         self._reloader: ConfigReloader | None = None
         self._shared_metrics = shared_metrics
@@ -212,8 +214,16 @@ class ProxyServer:
         return doc
 
     def metrics_snapshot(self) -> MetricsSnapshot:
-        """This process's numbers for ``/metrics``: the counters plus the cache step's."""
+        """This process's numbers for ``/metrics``: the counters plus the cache step's and the
+        access log's."""
         snapshot = self.stats.metrics()
+        written, dropped = self._old_access_log_lines
+        if self.access_log is not None:
+            written += self.access_log.written
+            dropped += self.access_log.dropped
+        snapshot = dataclasses.replace(
+            snapshot, access_log_written=written, access_log_dropped=dropped
+        )
         step = self.cache_step
         if step is None:
             return snapshot
@@ -393,6 +403,11 @@ class ProxyServer:
             else:
                 if previous is not None:
                     previous.close()
+                    written, dropped = self._old_access_log_lines
+                    self._old_access_log_lines = (
+                        written + previous.written,
+                        dropped + previous.dropped,
+                    )
         if result.config.auth_file:
             self._reload_auth(result.config)
         else:

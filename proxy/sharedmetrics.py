@@ -63,6 +63,7 @@ def encode(snapshot: MetricsSnapshot) -> bytes:
             ],
             "errors": dict(snapshot.errors),
             "duration": [list(h.bounds), list(h.counts), h.sum],
+            "access_log": [snapshot.access_log_written, snapshot.access_log_dropped],
             "workers": snapshot.workers,
         },
         separators=(",", ":"),
@@ -77,6 +78,7 @@ def decode(data: bytes) -> MetricsSnapshot:
     received, sent = doc["bytes"]
     tunnels_open, tunnels_total = doc["tunnels"]
     rules, reloads, failures = doc["blocklist"]
+    written, dropped = doc["access_log"]
     return MetricsSnapshot(
         requests={(m, c): n for m, c, n in doc["requests"]},
         cache_hits=hits,
@@ -93,6 +95,8 @@ def decode(data: bytes) -> MetricsSnapshot:
         blocklist_reload_failures=failures,
         errors=doc["errors"],
         request_duration=HistogramSnapshot(tuple(bounds), tuple(counts), total),
+        access_log_written=written,
+        access_log_dropped=dropped,
         workers=doc["workers"],
     )
 

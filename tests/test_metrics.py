@@ -60,6 +60,8 @@ def busy_snapshot() -> MetricsSnapshot:
         blocklist_reload_failures=1,
         errors={"connect_refused": 2, 'odd "kind" \\ with\nnewline': 1},
         request_duration=histogram.snapshot(),
+        access_log_written=8,
+        access_log_dropped=2,
         workers=1,
     )
 
@@ -83,6 +85,7 @@ def test_every_family_parses_with_its_type_and_help():
         "proxy_blocklist_rules": "gauge",
         "proxy_blocklist_reloads": "counter",
         "proxy_errors": "counter",
+        "proxy_access_log_lines": "counter",
         "proxy_request_duration_seconds": "histogram",
     }
     assert {name: family.type for name, family in parsed.items()} == expected
@@ -99,6 +102,8 @@ def test_sample_values_and_labels():
     assert found[("proxy_tunnels_total", ())] == 4
     assert found[("proxy_blocklist_reloads_total", (("outcome", "failed"),))] == 1
     assert found[("proxy_errors_total", (("kind", 'odd "kind" \\ with\nnewline'),))] == 1
+    assert found[("proxy_access_log_lines_total", (("outcome", "written"),))] == 8
+    assert found[("proxy_access_log_lines_total", (("outcome", "dropped"),))] == 2
 
 
 def test_label_values_are_escaped_exactly():
@@ -212,6 +217,8 @@ def test_merge_sums_and_takes_the_largest_blocklist_figures():
         blocklist_reloads=2,
         errors={"connect_refused": 1},
         request_duration=HistogramSnapshot(counts=(1,) + (0,) * len(DURATION_BUCKETS), sum=0.001),
+        access_log_written=1,
+        access_log_dropped=1,
     )
     total = merge([one, other])
     assert total.requests == {("GET", "2xx"): 6, ("CONNECT", "2xx"): 1, ("OTHER", "4xx"): 2,
@@ -221,6 +228,7 @@ def test_merge_sums_and_takes_the_largest_blocklist_figures():
     assert (total.blocklist_rules, total.blocklist_reloads) == (12, 3)
     assert total.request_duration.count == 7
     assert total.request_duration.counts[0] == one.request_duration.counts[0] + 1
+    assert (total.access_log_written, total.access_log_dropped) == (9, 3)
     assert total.workers == 2
 
 

@@ -203,6 +203,9 @@ def test_metrics_are_scraped_and_parsed(origin, tmp_path):
         assert metric(body, "proxy_request_duration_seconds_count") == 3
         assert metric(body, "proxy_sent_bytes_total") > 0
         assert metric(body, "proxy_workers") == 1
+        # The three requests' lines (the scrape's own comes after its answer).
+        assert metric(body, "proxy_access_log_lines_total", outcome="written") >= 3
+        assert metric(body, "proxy_access_log_lines_total", outcome="dropped") == 0
     finally:
         child.proc.send_signal(signal.SIGTERM)
         child.stop()
