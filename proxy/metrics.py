@@ -145,7 +145,8 @@ class MetricsSnapshot:
     blocklist_reload_failures: int = 0
     """Blocklist reloads that failed (the old list stayed)."""
     errors: Mapping[str, int] = field(default_factory=dict)
-    """Errors by kind, a fixed name from the code (``connect_refused``, ``connect_timeout``...)."""
+    """Errors by kind: the lower-cased name of one of :data:`proxy.stats.ERROR_TRIGGERS`
+    (``dial_timeout``, ``connect_failed``, ``denied``...)."""
     request_duration: HistogramSnapshot = field(default_factory=HistogramSnapshot)
     """Request durations, seconds from the request head to the end of the response."""
     access_log_written: int = 0

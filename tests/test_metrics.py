@@ -380,3 +380,17 @@ def test_the_publisher_refreshes_on_a_timer_and_before_answering(reactor: Reacto
         assert reactor.pending_timers == 0
     finally:
         shared.close()
+
+
+def test_the_operator_guide_lists_exactly_the_error_kinds():
+    """Operators write alerts from that table: it must name what /metrics really counts."""
+    import re
+    from pathlib import Path
+
+    from proxy.stats import ERROR_TRIGGERS
+
+    guide = Path(__file__).resolve().parent.parent / "docs" / "howto" / "operator.md"
+    text = guide.read_text(encoding="utf-8")
+    table = text.split("| `kind` | Counted when |", 1)[1].split("\n\n", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE))
+    assert documented == {trigger.name.lower() for trigger in ERROR_TRIGGERS}
