@@ -169,3 +169,16 @@ def test_a_missing_blocklist_file_in_an_existing_folder_still_starts(tmp_path):
         assert child.proc.wait(20) == 0
     finally:
         child.stop()
+
+
+def test_the_systemd_recipe_runs_the_console_script_it_installs():
+    """A bare python3 -m proxy imports nothing (or PyPI's unrelated proxy.py) under systemd."""
+    guide = (REPO / "docs" / "howto" / "operator.md").read_text(encoding="utf-8")
+    setup = (REPO / "setup.py").read_text(encoding="utf-8")
+    assert '"proxy=proxy.__main__:main"' in setup
+    exec_start = re.search(r"^ExecStart=(\S+)", guide, re.MULTILINE)
+    assert exec_start is not None
+    venv = exec_start.group(1).removesuffix("/bin/proxy")
+    assert venv != exec_start.group(1), exec_start.group(1)
+    assert f"python3 -m venv {venv}" in guide
+    assert f"{venv}/bin/pip install" in guide
