@@ -280,7 +280,9 @@ class ProxyServer:
         if config.watch_blacklist:
             self.watcher = BlocklistWatcher(config.blacklist, self._blocklist_from_thread)
             initial = self.watcher.start()
-            self.set_blocklist(initial, self.watcher.last_report)
+            # Shown on the dashboard, but not counted: loading at start is not a reload, and a
+            # fresh proxy with no blocklist file must not report a failed one.
+            self.set_blocklist(initial, self.watcher.last_report, counted=False)
         else:
             try:
                 with open(config.blacklist, encoding="utf-8") as handle:
@@ -289,15 +291,21 @@ class ProxyServer:
                 self.set_blocklist(EMPTY)
         return self
 
-    def set_blocklist(self, blocklist: Blocklist, report: ReloadReport | None = None) -> None:
-        """Swap in a new blocklist (one assignment, on the loop thread)."""
+    def set_blocklist(
+        self, blocklist: Blocklist, report: ReloadReport | None = None, *, counted: bool = True
+    ) -> None:
+        """Swap in a new blocklist (one assignment, on the loop thread).
+
+        A *report* is shown on the status page, and counted as a reload unless not *counted*.
+        """
         self.blocklist = blocklist
         self.stats.blocklist_rules = len(blocklist)
-        if report is not None:
+        if report is not None and counted:
             if report.ok:
                 self.stats.blocklist_reloads += 1
             else:
                 self.stats.blocklist_reload_failures += 1
+        if report is not None:
             self.stats.blocklist_reload = {
                 "at": report.at,
                 "ok": report.ok,

@@ -394,3 +394,27 @@ def test_the_operator_guide_lists_exactly_the_error_kinds():
     table = text.split("| `kind` | Counted when |", 1)[1].split("\n\n", 1)[0]
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE))
     assert documented == {trigger.name.lower() for trigger in ERROR_TRIGGERS}
+
+
+def test_loading_the_blocklist_at_start_is_not_counted_as_a_reload(tmp_path):
+    """A fresh proxy with no blocklist file yet must not report a failed reload."""
+    from minireactor import StaticResolver
+    from proxy.app import ProxyServer
+    from proxy.config import Config
+
+    reactor = Reactor()
+    server = ProxyServer(
+        Config(host="127.0.0.1", port=0, blacklist=str(tmp_path / "not-yet.txt")),
+        reactor=reactor,
+        resolver=StaticResolver(reactor, {}),
+        access_sink=None,
+    )
+    server.start()
+    try:
+        assert server.watcher is not None
+        snapshot = server.metrics_snapshot()
+        assert (snapshot.blocklist_reloads, snapshot.blocklist_reload_failures) == (0, 0)
+        assert server.stats.blocklist_reload["ok"] is False  # the dashboard still shows why
+    finally:
+        server._release()
+        reactor.close()
