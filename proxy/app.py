@@ -105,6 +105,8 @@ class ProxyServer:
         self.own_names.add(socket.gethostname().lower())  # the machine's name, no DNS asked
         self.blocklist: Blocklist = EMPTY
         self.stats = Stats()
+        self._allowed_for: tuple[str, ...] = ()
+        self._allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
         self.pool = UpstreamPool(
             reactor, config.upstream_idle_timeout, config.max_idle_upstreams_per_host
         )
@@ -345,10 +347,15 @@ class ProxyServer:
             self.server.pause()
 
     def _client_allowed(self, ip: str) -> bool:
-        if not self.config.allow:
+        allow = self.config.allow
+        if not allow:
             return True
+        if allow is not self._allowed_for:
+            # Parsed once per configuration, not per connection: a reload brings a new tuple.
+            self._allowed_for = allow
+            self._allowed = tuple(ipaddress.ip_network(net, strict=False) for net in allow)
         address = ipaddress.ip_address(ip.split("%", 1)[0])
-        return any(address in ipaddress.ip_network(net, strict=False) for net in self.config.allow)
+        return any(address in network for network in self._allowed)
 
     # -- running ---------------------------------------------------------------------------------
 

@@ -120,3 +120,22 @@ def test_trace_turned_on_and_off_by_a_reload(make_proxy) -> None:
         trace_log.removeHandler(records)
         trace_log.setLevel(trace_level)
         root.setLevel(root_level)
+
+
+def test_allow_is_parsed_once_and_follows_a_reload(make_proxy) -> None:
+    proxy = make_proxy(allow=("10.0.0.0/8",))
+
+    def status() -> bytes:
+        with proxy.connect() as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            start = b""
+            while len(start) < 12 and (data := sock.recv(64)):
+                start += data
+            return start
+
+    assert status().startswith(b"HTTP/1.1 403")
+    parsed = proxy.call(lambda: proxy.server._allowed)
+    assert status().startswith(b"HTTP/1.1 403")
+    assert proxy.call(lambda: proxy.server._allowed) is parsed  # not parsed per connection
+    reload_with(proxy, allow=("10.0.0.0/8", "127.0.0.0/8"))
+    assert status().startswith(b"HTTP/1.1 200")
