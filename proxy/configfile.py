@@ -8,8 +8,10 @@ through the *same* :mod:`argparse` action as the flag, with the same type conver
 choices, so ``port = "eighty"`` in the file and ``--port eighty`` on the command line fail with
 the same words. TOML numbers and lists are first turned into the text the flag would get
 (``connect-ports = [443, 8443]`` becomes ``443,8443``); a list for a repeatable flag is the flag
-given once per item. Paths in the file (``blacklist``, ``auth-file``, ``access-log``) are taken
-relative to the file's own folder, so a unit file need not care about the working directory.
+given once per item. An array is accepted only there: for a key that takes one value
+(``host = ["a", "b"]``) it is an error, not a comma-joined surprise. Paths in the file
+(``blacklist``, ``auth-file``, ``access-log``) are taken relative to the file's own folder, so a
+unit file need not care about the working directory.
 
 Precedence is defaults < file < command line. To know which flags were really typed (a default
 is no override), the arguments are parsed once more by a copy of the parser whose defaults are
@@ -54,6 +56,9 @@ NOT_IN_FILE = frozenset({"help", "version", "config", "print_config"})
 
 PATH_SETTINGS = frozenset({"blacklist", "auth_file", "access_log"})
 """Destinations whose relative paths are resolved against the config file's folder."""
+
+COMMA_LIST_SETTINGS = frozenset({"connect_ports"})
+"""Single flags whose text is a comma-separated list: a TOML array is joined for them."""
 
 STREAM_NAMES = frozenset({"-", "stderr", "none"})
 """``--access-log`` values that are not paths."""
@@ -112,6 +117,8 @@ def _flag_text(value: object) -> str:
 def _resolve(value: str, dest: str, folder: str) -> str:
     if dest == "access_log" and value in STREAM_NAMES:
         return value
+    if not value.strip():
+        return value  # the flag's converter says what is wrong; joined, it would be the folder
     return os.path.normpath(os.path.join(folder, os.path.expanduser(value)))
 
 
@@ -127,6 +134,8 @@ def _convert(
         items = value if isinstance(value, list) else [value]
         texts = [_flag_text(item) for item in items]
     elif isinstance(value, list):
+        if not (isinstance(action, argparse._ExtendAction) or action.dest in COMMA_LIST_SETTINGS):
+            raise ValueError(f"expected a single value, got {_kind(value)}")
         texts = [",".join(_flag_text(item) for item in value)]
     else:
         texts = [_flag_text(value)]

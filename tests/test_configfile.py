@@ -150,6 +150,14 @@ def test_a_bad_value_reads_as_the_same_bad_flag(tmp_path, toml, flag, value):
         ("port = true", ":2: port: expected a string or a number, got a boolean"),
         ("host = {a = 1}", ":2: host: expected a string or a number, got a table"),
         ("allow = [[1]]", ":2: allow: expected a string or a number, got an array"),
+        # A list only where the flag takes several values: joined, it made host = "a,b".
+        ('host = ["a", "b"]', ":2: host: expected a single value, got an array"),
+        ('log-level = ["INFO"]', ":2: log-level: expected a single value, got an array"),
+        ('blacklist = ["x.txt"]', ":2: blacklist: expected a single value, got an array"),
+        ("port = [4095]", ":2: port: expected a single value, got an array"),
+        # Empty paths are the flag's error, not the config file's own folder.
+        ('access-log = ""', ":2: access-log: an empty path: give a file, -, stderr or none"),
+        ('blacklist = ""', ":2: blacklist: an empty path: give the blocklist file's path"),
     ],
 )
 def test_unknown_keys_and_wrong_types_name_key_and_line(tmp_path, toml, message):
