@@ -119,6 +119,8 @@ class ProxyServer:
         self.auth: Authenticator | None = (
             load_auth_file(config.auth_file) if config.auth_file else None
         )
+        self._auth_generation = 0
+        """Counts the auth-file reads started; a read's result applies only if it is the last."""
         # The disk tier's thread opens its folder (a read the loop must not do).
         self.disk: DiskCache | None = None
         if config.cache_enabled and config.cache_dir:
@@ -426,6 +428,7 @@ class ProxyServer:
         if result.config.auth_file:
             self._reload_auth(result.config)
         else:
+            self._auth_generation += 1  # a read still in flight must not turn auth back on
             self.auth = None
             self._use_context()
 
@@ -450,17 +453,23 @@ class ProxyServer:
         # The auth file is read on a helper thread: the loop never reads a file.
         path = config.auth_file
         assert path is not None
+        # Reads of two quick reloads may finish in either order: only the latest one counts, or
+        # the proxy could check users against file A while its config says B.
+        self._auth_generation += 1
+        generation = self._auth_generation
 
         def read() -> None:
             try:
                 loaded: Authenticator | Exception = load_auth_file(path)
             except (OSError, AuthFileError) as exc:
                 loaded = exc
-            self.reactor.call_soon_threadsafe(self._auth_loaded, loaded)
+            self.reactor.call_soon_threadsafe(self._auth_loaded, generation, loaded)
 
         threading.Thread(target=read, name="proxy-auth-reload", daemon=True).start()
 
-    def _auth_loaded(self, loaded: Authenticator | Exception) -> None:
+    def _auth_loaded(self, generation: int, loaded: Authenticator | Exception) -> None:
+        if generation != self._auth_generation:
+            return  # a later reload's read supersedes this one
         if isinstance(loaded, Exception):
             log.warning("auth file not reloaded, the old users stay: %s", loaded)
         else:

@@ -139,3 +139,40 @@ def test_allow_is_parsed_once_and_follows_a_reload(make_proxy) -> None:
     assert proxy.call(lambda: proxy.server._allowed) is parsed  # not parsed per connection
     reload_with(proxy, allow=("10.0.0.0/8", "127.0.0.0/8"))
     assert status().startswith(b"HTTP/1.1 200")
+
+
+def test_a_slow_auth_file_read_from_an_older_reload_is_ignored(make_proxy, tmp_path, monkeypatch):
+    """Reload to A, then to B; A's read finishing last must not win over B's."""
+    import threading
+
+    from proxy import app
+    from proxy.auth import make_entry
+
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(make_entry("alice", "pw", iterations=1000) + "\n")
+    second.write_text(make_entry("bob", "pw", iterations=1000) + "\n")
+    release_first = threading.Event()
+    loaded: dict[str, object] = {}
+    real_load = app.load_auth_file
+
+    def load(path: str) -> object:
+        if path == str(first):
+            assert release_first.wait(20)
+        loaded[path] = result = real_load(path)
+        return result
+
+    proxy = make_proxy()
+    monkeypatch.setattr(app, "load_auth_file", load)
+    reload_with(proxy, auth_file=str(first))
+    reload_with(proxy, auth_file=str(second))
+    deadline = time.monotonic() + 20
+    while proxy.call(lambda: proxy.server.auth) is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # polling the proxy's state: B's read is on a helper thread
+    assert proxy.call(lambda: proxy.server.auth) is loaded[str(second)]
+    release_first.set()
+    for thread in threading.enumerate():
+        if thread.name == "proxy-auth-reload":
+            thread.join(20)  # A's read has handed its result to the loop
+    assert str(first) in loaded
+    proxy.call(lambda: None)  # queued after A's result, so that has run
+    assert proxy.call(lambda: proxy.server.auth) is loaded[str(second)]
