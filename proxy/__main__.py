@@ -440,6 +440,13 @@ def _main(argv: list[str] | None) -> int:
         args = source.namespace()
     except ConfigFileError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    if args.workers > 1 and args.port == 0:
+        # Checked before --print-config too: a file it passes must also start.
+        parser.exit(
+            2,
+            f"{parser.prog}: error: {source.where('workers')}: needs a fixed port, and "
+            f"{source.where('port')} is 0: each worker binds it with SO_REUSEPORT\n",
+        )
     raise_fd_limit()  # before the --max-conns default is derived from it
     if args.print_config:
         origin = "defaults, then " + (f"{source.path}, then " if source.path else "") + "flags"
@@ -463,8 +470,6 @@ def _main(argv: list[str] | None) -> int:
             config.host,
         )
     if config.workers > 1:
-        if config.port == 0:
-            parser.error("--workers needs a fixed --port: each worker binds it with SO_REUSEPORT")
         return _run_workers(config, source)
     return _serve(config, source)
 

@@ -227,6 +227,23 @@ class ConfigSource:
         merged.update(self.typed)
         return argparse.Namespace(**merged)
 
+    def where(self, dest: str) -> str:
+        """Where setting *dest* came from, as an error names it: ``--port`` when it was typed,
+        ``FILE:LINE: port`` when the file set it, ``port (the default)`` otherwise."""
+        keys = {action.dest: key for key, action in settable_actions(self.parser_factory()).items()}
+        key = keys[dest]
+        if dest in self.typed:
+            return f"--{key}"
+        if self.path is not None:
+            try:
+                with open(self.path, encoding="utf-8") as handle:
+                    line = key_line(handle.read(), key)
+            except (OSError, UnicodeDecodeError):
+                line = None
+            if line is not None:
+                return f"{self.path}:{line}: {key}"
+        return f"{key} (the default)"
+
     def load(self) -> Config:
         """The effective :class:`~proxy.config.Config`.
 

@@ -182,3 +182,33 @@ def test_the_systemd_recipe_runs_the_console_script_it_installs():
     assert venv != exec_start.group(1), exec_start.group(1)
     assert f"python3 -m venv {venv}" in guide
     assert f"{venv}/bin/pip install" in guide
+
+
+@pytest.mark.parametrize(
+    ("toml", "flags", "expected"),
+    [
+        (
+            "port = 0\nworkers = 2\n",
+            (),
+            "{config}:2: workers: needs a fixed port, and {config}:1: port is 0",
+        ),
+        (
+            "workers = 2\n",
+            ("--port", "0"),
+            "{config}:1: workers: needs a fixed port, and --port is 0",
+        ),
+        ("", ("--workers", "2", "--port", "0"), "--workers: needs a fixed port, and --port is 0"),
+    ],
+)
+def test_workers_on_port_0_is_refused_naming_where_each_came_from(tmp_path, toml, flags, expected):
+    """Refused by --print-config as well: a file it passes must also start (issue 19)."""
+    config = tmp_path / "proxy.toml"
+    config.write_text(toml)
+    for extra in ((), ("--print-config",)):
+        out = run_cli("--config", str(config), *flags, *extra)
+        assert out.returncode == 2, out.stdout
+        assert one_error_line(out.stderr) == (
+            "python -m proxy: error: " + expected.format(config=config)
+            + ": each worker binds it with SO_REUSEPORT"
+        )  # fmt: skip
+        assert out.stdout == ""
