@@ -560,8 +560,11 @@ def _run_workers(config: Config, source: ConfigSource | None = None) -> int:
     os.close(lifeline)
 
     relayed = {signal.SIGHUP, signal.SIGUSR1}  # reload, reopen: each worker does its own
+    stopping = False
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum not in relayed
         for pid in children:
             try:
                 os.kill(pid, signum if signum in relayed else signal.SIGTERM)
@@ -574,9 +577,20 @@ def _run_workers(config: Config, source: ConfigSource | None = None) -> int:
     # still starting until that one has its handlers.
     _release_held_signals()
     status = 0
-    for pid in children:
-        _, code = os.waitpid(pid, 0)
-        status = status or os.waitstatus_to_exitcode(code)
+    worker_of = {pid: worker for worker, pid in enumerate(children)}
+    while worker_of:
+        pid, code = os.wait()  # whichever ends first: a crash must not wait behind a live one
+        if pid not in worker_of:
+            continue
+        worker = worker_of.pop(pid)
+        exit_code = os.waitstatus_to_exitcode(code)
+        status = status or exit_code
+        shared.mark_dead(worker)  # its counters stay in /metrics, its open connections do not
+        if not stopping:
+            how = f"was killed by signal {-exit_code}" if exit_code < 0 else f"exited ({exit_code})"
+            logging.getLogger("proxy").error(
+                "worker %d (pid %d) %s; %d worker(s) still serve", worker, pid, how, len(worker_of)
+            )
     return status
 
 

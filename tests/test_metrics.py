@@ -263,6 +263,23 @@ def test_slots_publish_and_read_in_one_process():
         shared.close()
 
 
+def test_a_dead_workers_slot_keeps_its_counters_and_drops_its_gauges():
+    shared = SharedMetrics(3)
+    try:
+        shared.publish(0, busy_snapshot())
+        shared.publish(1, MetricsSnapshot(connections_open={"IDLE": 1}, connections_total=2))
+        shared.mark_dead(0)
+        shared.mark_dead(2)  # died before it ever published: nothing to drop
+        total = shared.total()
+        assert total.workers == 1
+        assert total.connections_open == {"IDLE": 1}
+        assert total.tunnels_open == 0
+        assert total.connections_total == 9 + 2
+        assert total.requests == busy_snapshot().requests
+    finally:
+        shared.close()
+
+
 def test_a_snapshot_too_big_for_its_slot_is_refused():
     shared = SharedMetrics(1, slot_size=HEADER.size + 64)
     try:
