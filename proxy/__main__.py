@@ -9,7 +9,8 @@ the flags typed (in that order of precedence, see :mod:`proxy.configfile`) into 
 or SIGTERM. Every value is checked by the converter of its flag, whether it came from the
 command line or the file. Mistakes end with one line and exit status 2 (argparse's for a flag,
 ``FILE:LINE: key: ...`` for the file); a port already in use ends with one line and status 1,
-never a traceback.
+never a traceback. ``SIGHUP`` and ``SIGUSR1``, whose default action is to kill, are blocked
+from the start until the handlers are installed, so one sent during start-up is handled then.
 """
 
 from __future__ import annotations
@@ -30,10 +31,12 @@ from .config import (
     SPLICE_PIPE_FDS,
     Config,
     MiB,
+    current_fd_limit,
     default_max_conns,
     raise_fd_limit,
 )
 from .configfile import ConfigFileError, ConfigSource, dump
+from .parent import redact_parent
 from .sharedmetrics import SharedMetrics
 
 if TYPE_CHECKING:
@@ -84,6 +87,17 @@ def _access_log(text: str) -> str:
         return text
     if not text.strip():
         raise argparse.ArgumentTypeError("an empty path: give a file, -, stderr or none")
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"no such directory for {text!r}: {folder}")
+    return text
+
+
+def _blacklist(text: str) -> str:
+    # A missing *file* is fine (the watcher loads it when it appears); a missing folder cannot
+    # be watched, and would otherwise fail at start as an OSError far from the flag.
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path: give the blocklist file's path")
     folder = os.path.dirname(os.path.abspath(text))
     if not os.path.isdir(folder):
         raise argparse.ArgumentTypeError(f"no such directory for {text!r}: {folder}")
@@ -226,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pol = parser.add_argument_group("policy")
     pol.add_argument(
-        "--blacklist", default=defaults.blacklist, help="blocklist file, hot-reloaded (%(default)s)"
+        "--blacklist",
+        type=_blacklist,
+        default=defaults.blacklist,
+        help="blocklist file, hot-reloaded; its folder must exist (%(default)s)",
     )
     pol.add_argument(
         "--connect-ports",
@@ -395,21 +412,52 @@ def config_from_args(args: argparse.Namespace) -> Config:
     )
 
 
+HELD_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR1})
+"""Signals blocked from start-up until the process has its handlers for them."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the proxy until interrupted; return the exit status."""
+    # SIGHUP and SIGUSR1 kill a process by default, and a reload or a logrotate postrotate may
+    # land while it starts (or forks its workers). Held until the handlers are in place, such a
+    # signal is delivered to them then instead; threads started meanwhile keep them blocked, so
+    # the main thread is the one that takes them.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
+    try:
+        return _main(argv)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _release_held_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, HELD_SIGNALS)
+
+
+def _main(argv: list[str] | None) -> int:
     source = ConfigSource.from_argv(build_parser, config_from_args, argv)
     parser = build_parser()
     try:
         args = source.namespace()
     except ConfigFileError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    if args.workers > 1 and args.port == 0:
+        # Checked before --print-config too: a file it passes must also start.
+        parser.exit(
+            2,
+            f"{parser.prog}: error: {source.where('workers')}: needs a fixed port, and "
+            f"{source.where('port')} is 0: each worker binds it with SO_REUSEPORT\n",
+        )
     raise_fd_limit()  # before the --max-conns default is derived from it
-    if args.max_conns is None:
-        args.max_conns = default_max_conns()  # so --print-config shows the effective value
     if args.print_config:
         origin = "defaults, then " + (f"{source.path}, then " if source.path else "") + "flags"
         sizes = {n: _size_text for n in ("cache_size", "cache_max_object", "cache_dir_size")}
-        sys.stdout.write(dump(args, parser, origin, sizes))
+        # Shown, but as a comment: a file made from this output must go on deriving it.
+        rule = (
+            f"(RLIMIT_NOFILE {current_fd_limit()} - {RESERVED_FDS + SPLICE_PIPE_FDS}) "
+            f"// {FDS_PER_CONNECTION}"
+        )
+        derived = {"max_conns": (default_max_conns(), rule)}
+        sys.stdout.write(dump(args, parser, origin, sizes, derived, {"parent": redact_parent}))
         return 0
     config = config_from_args(args)
     level = "DEBUG" if config.trace else config.log_level
@@ -422,8 +470,6 @@ def main(argv: list[str] | None = None) -> int:
             config.host,
         )
     if config.workers > 1:
-        if config.port == 0:
-            parser.error("--workers needs a fixed --port: each worker binds it with SO_REUSEPORT")
         return _run_workers(config, source)
     return _serve(config, source)
 
@@ -442,19 +488,25 @@ def _serve(
     lifeline: int | None = None,
     shared: SharedMetrics | None = None,
 ) -> int:
-    from .app import ProxyServer
+    from .app import ListenError, ProxyServer
 
     server = ProxyServer(config, config_source=source, shared_metrics=shared, worker=worker)
     who = f" worker {worker}" if worker is not None else ""
     try:
         server.start()
+    except ListenError as exc:
+        _say(f"proxy{who}: cannot listen on {config.host}:{config.port}: {exc.strerror}")
+        return 1
     except OSError as exc:
         if server.access_log is None and config.access_log not in ("none", "-", "stderr"):
             _say(f"proxy{who}: cannot open the access log {config.access_log}: {exc.strerror}")
         else:
-            _say(f"proxy{who}: cannot listen on {config.host}:{config.port}: {exc.strerror}")
+            # The blocklist's folder vanished since the flag was checked, a disk cache folder...
+            where = f" {exc.filename}" if exc.filename else ""
+            _say(f"proxy{who}: cannot start:{where} {exc.strerror or exc}")
         return 1
     server.install_signal_handlers()
+    _release_held_signals()
     if lifeline is not None:
         _stop_with_parent(server, lifeline)
     host, port = server.address
@@ -508,8 +560,11 @@ def _run_workers(config: Config, source: ConfigSource | None = None) -> int:
     os.close(lifeline)
 
     relayed = {signal.SIGHUP, signal.SIGUSR1}  # reload, reopen: each worker does its own
+    stopping = False
 
     def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = stopping or signum not in relayed
         for pid in children:
             try:
                 os.kill(pid, signum if signum in relayed else signal.SIGTERM)
@@ -518,10 +573,24 @@ def _run_workers(config: Config, source: ConfigSource | None = None) -> int:
 
     for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGUSR1"):
         signal.signal(getattr(signal, name), forward)
+    # A SIGHUP held since start-up reaches each worker now, and waits in a worker that is
+    # still starting until that one has its handlers.
+    _release_held_signals()
     status = 0
-    for pid in children:
-        _, code = os.waitpid(pid, 0)
-        status = status or os.waitstatus_to_exitcode(code)
+    worker_of = {pid: worker for worker, pid in enumerate(children)}
+    while worker_of:
+        pid, code = os.wait()  # whichever ends first: a crash must not wait behind a live one
+        if pid not in worker_of:
+            continue
+        worker = worker_of.pop(pid)
+        exit_code = os.waitstatus_to_exitcode(code)
+        status = status or exit_code
+        shared.mark_dead(worker)  # its counters stay in /metrics, its open connections do not
+        if not stopping:
+            how = f"was killed by signal {-exit_code}" if exit_code < 0 else f"exited ({exit_code})"
+            logging.getLogger("proxy").error(
+                "worker %d (pid %d) %s; %d worker(s) still serve", worker, pid, how, len(worker_of)
+            )
     return status
 
 

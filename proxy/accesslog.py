@@ -81,7 +81,8 @@ class AccessRecord(NamedTuple):
     hierarchy: str = "HIER_NONE"
     """How the upstream was chosen: ``HIER_NONE``, ``HIER_DIRECT`` or ``FIRSTUP_PARENT``."""
     peer: str | None = None
-    """Address of the origin or parent proxy the request went to, if any."""
+    """Host of the origin or parent proxy the request went to, as the request or ``--parent``
+    names it (a name, or an IP literal), if any: not the address it resolved to."""
     content_type: str | None = None
     """The response's ``Content-Type``, if any."""
     referer: str | None = None
@@ -132,6 +133,8 @@ def squid_line(r: AccessRecord) -> str:
 
     ``%ts.%03tu %6tr %>a %Ss/%03>Hs %<st %rm %ru %[un %Sh/%<a %mt``: end time, milliseconds
     taken, client, result/status, bytes sent, method, URL, user, hierarchy/peer, content type.
+    Unlike Squid's ``%<a``, the peer is the upstream's host as named (the origin's host from
+    the request, the parent's from ``--parent``), not the address it resolved to.
     """
     # %-formatting: about twice as fast as an f-string with format specs, and %d truncates
     # floats as Squid's integer arithmetic does.

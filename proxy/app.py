@@ -21,12 +21,14 @@ second signal during the grace period aborts at once, as a user pressing Ctrl-C 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import logging
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from minireactor import Reactor, Resolver, Server, TimerHandle, Transport, listen, splice
@@ -57,6 +59,15 @@ from .tunnel import IdleSweep
 from .upstream import UpstreamPool
 
 log = logging.getLogger("proxy")
+
+
+class ListenError(OSError):
+    """The listening socket could not be made (port in use, address not here, no permission).
+
+    An :class:`OSError` with the same ``errno`` and ``strerror``, told apart from the other
+    failures of :meth:`ProxyServer.start` (the access log, the blocklist's folder) so that only
+    this one is reported as "cannot listen".
+    """
 
 
 class ProxyServer:
@@ -94,6 +105,8 @@ class ProxyServer:
         self.own_names.add(socket.gethostname().lower())  # the machine's name, no DNS asked
         self.blocklist: Blocklist = EMPTY
         self.stats = Stats()
+        self._allowed_for: tuple[str, ...] = ()
+        self._allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
         self.pool = UpstreamPool(
             reactor, config.upstream_idle_timeout, config.max_idle_upstreams_per_host
         )
@@ -106,6 +119,8 @@ class ProxyServer:
         self.auth: Authenticator | None = (
             load_auth_file(config.auth_file) if config.auth_file else None
         )
+        self._auth_generation = 0
+        """Counts the auth-file reads started; a read's result applies only if it is the last."""
         # The disk tier's thread opens its folder (a read the loop must not do).
         self.disk: DiskCache | None = None
         if config.cache_enabled and config.cache_dir:
@@ -120,6 +135,8 @@ class ProxyServer:
         # Operating: the access log (opened at start), config reloads, metrics.
         self._access_sink = access_sink
         self.access_log: AccessLog | None = None
+        # Lines of the access logs a reload replaced, so the counters never go backwards.
+        self._old_access_log_lines = (0, 0)
         self._config_source = config_source
         self._reloader: ConfigReloader | None = None
         self._shared_metrics = shared_metrics
@@ -201,8 +218,16 @@ class ProxyServer:
         return doc
 
     def metrics_snapshot(self) -> MetricsSnapshot:
-        """This process's numbers for ``/metrics``: the counters plus the cache step's."""
+        """This process's numbers for ``/metrics``: the counters plus the cache step's and the
+        access log's."""
         snapshot = self.stats.metrics()
+        written, dropped = self._old_access_log_lines
+        if self.access_log is not None:
+            written += self.access_log.written
+            dropped += self.access_log.dropped
+        snapshot = dataclasses.replace(
+            snapshot, access_log_written=written, access_log_dropped=dropped
+        )
         step = self.cache_step
         if step is None:
             return snapshot
@@ -222,7 +247,10 @@ class ProxyServer:
     def start(self) -> ProxyServer:
         """Open the access log, bind, load the blocklist and start watching it.
 
-        The loop is not run yet. :raises OSError: the access log or the port cannot be opened.
+        The loop is not run yet.
+
+        :raises ListenError: the port cannot be bound.
+        :raises OSError: the access log cannot be opened, or the blocklist's folder watched.
         """
         config = self.config
         self._open_access_log(config)
@@ -233,18 +261,20 @@ class ProxyServer:
             self._publisher.start()
             self.metrics = self._publisher
         if config.trace:
-            trace_log = logging.getLogger("minireactor.trace")
-            self.reactor.set_trace(lambda event, info: trace_log.debug("%s %s", event, info))
+            self._set_trace(True)
         if self._sock is not None:
             self.server = Server(self.reactor, self._sock, self._accept)
         else:
-            self.server = listen(
-                self.reactor,
-                config.host,
-                config.port,
-                self._accept,
-                reuse_port=config.workers > 1,
-            )
+            try:
+                self.server = listen(
+                    self.reactor,
+                    config.host,
+                    config.port,
+                    self._accept,
+                    reuse_port=config.workers > 1,
+                )
+            except OSError as exc:
+                raise ListenError(exc.errno, exc.strerror) from exc
         host, port = self.server.address
         self.own_addresses.add((host, port))
         if host not in ("0.0.0.0", "::"):
@@ -254,7 +284,9 @@ class ProxyServer:
         if config.watch_blacklist:
             self.watcher = BlocklistWatcher(config.blacklist, self._blocklist_from_thread)
             initial = self.watcher.start()
-            self.set_blocklist(initial, self.watcher.last_report)
+            # Shown on the dashboard, but not counted: loading at start is not a reload, and a
+            # fresh proxy with no blocklist file must not report a failed one.
+            self.set_blocklist(initial, self.watcher.last_report, counted=False)
         else:
             try:
                 with open(config.blacklist, encoding="utf-8") as handle:
@@ -263,15 +295,21 @@ class ProxyServer:
                 self.set_blocklist(EMPTY)
         return self
 
-    def set_blocklist(self, blocklist: Blocklist, report: ReloadReport | None = None) -> None:
-        """Swap in a new blocklist (one assignment, on the loop thread)."""
+    def set_blocklist(
+        self, blocklist: Blocklist, report: ReloadReport | None = None, *, counted: bool = True
+    ) -> None:
+        """Swap in a new blocklist (one assignment, on the loop thread).
+
+        A *report* is shown on the status page, and counted as a reload unless not *counted*.
+        """
         self.blocklist = blocklist
         self.stats.blocklist_rules = len(blocklist)
-        if report is not None:
+        if report is not None and counted:
             if report.ok:
                 self.stats.blocklist_reloads += 1
             else:
                 self.stats.blocklist_reload_failures += 1
+        if report is not None:
             self.stats.blocklist_reload = {
                 "at": report.at,
                 "ok": report.ok,
@@ -311,10 +349,15 @@ class ProxyServer:
             self.server.pause()
 
     def _client_allowed(self, ip: str) -> bool:
-        if not self.config.allow:
+        allow = self.config.allow
+        if not allow:
             return True
+        if allow is not self._allowed_for:
+            # Parsed once per configuration, not per connection: a reload brings a new tuple.
+            self._allowed_for = allow
+            self._allowed = tuple(ipaddress.ip_network(net, strict=False) for net in allow)
         address = ipaddress.ip_address(ip.split("%", 1)[0])
-        return any(address in ipaddress.ip_network(net, strict=False) for net in self.config.allow)
+        return any(address in network for network in self._allowed)
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -356,6 +399,9 @@ class ProxyServer:
             return
         old, self.config = self.config, result.config
         logging.getLogger().setLevel("DEBUG" if result.config.trace else result.config.log_level)
+        if old.trace != result.config.trace:
+            self._set_trace(result.config.trace)
+        self._retime(result.config)
         if (old.access_log, old.access_log_format) != (
             result.config.access_log,
             result.config.access_log_format,
@@ -374,27 +420,56 @@ class ProxyServer:
             else:
                 if previous is not None:
                     previous.close()
+                    written, dropped = self._old_access_log_lines
+                    self._old_access_log_lines = (
+                        written + previous.written,
+                        dropped + previous.dropped,
+                    )
         if result.config.auth_file:
             self._reload_auth(result.config)
         else:
+            self._auth_generation += 1  # a read still in flight must not turn auth back on
             self.auth = None
             self._use_context()
+
+    def _retime(self, config: Config) -> None:
+        # The timers that are not armed from the session context: the tunnels' one sweep, the
+        # idle upstream pool and the cache's collapsed-request wait read these at each arming.
+        self.tunnel_kit.sweep.retime(config.idle_timeout)
+        self.pool.idle_timeout = config.upstream_idle_timeout
+        if self.cache_step is not None:
+            self.cache_step.collapse_wait = config.collapse_wait
+
+    def _set_trace(self, on: bool) -> None:
+        # Off means no hook at all: a hook whose events the logger drops still costs a trace
+        # event built per callback.
+        if on:
+            trace_log = logging.getLogger("minireactor.trace")
+            self.reactor.set_trace(lambda event, info: trace_log.debug("%s %s", event, info))
+        else:
+            self.reactor.set_trace(None)
 
     def _reload_auth(self, config: Config) -> None:
         # The auth file is read on a helper thread: the loop never reads a file.
         path = config.auth_file
         assert path is not None
+        # Reads of two quick reloads may finish in either order: only the latest one counts, or
+        # the proxy could check users against file A while its config says B.
+        self._auth_generation += 1
+        generation = self._auth_generation
 
         def read() -> None:
             try:
                 loaded: Authenticator | Exception = load_auth_file(path)
             except (OSError, AuthFileError) as exc:
                 loaded = exc
-            self.reactor.call_soon_threadsafe(self._auth_loaded, loaded)
+            self.reactor.call_soon_threadsafe(self._auth_loaded, generation, loaded)
 
         threading.Thread(target=read, name="proxy-auth-reload", daemon=True).start()
 
-    def _auth_loaded(self, loaded: Authenticator | Exception) -> None:
+    def _auth_loaded(self, generation: int, loaded: Authenticator | Exception) -> None:
+        if generation != self._auth_generation:
+            return  # a later reload's read supersedes this one
         if isinstance(loaded, Exception):
             log.warning("auth file not reloaded, the old users stay: %s", loaded)
         else:
@@ -485,20 +560,30 @@ class ProxyServer:
 
     def _release(self) -> None:
         # The sessions are gone by now (aborted or closed), so their lines are all buffered.
+        # Every step runs even if one before it raised (a last metrics publish that outgrew its
+        # slot must not cost the access log's last lines); the first error still propagates.
+        steps: list[Callable[[], object]] = []
         if self._publisher is not None:
-            self._publisher.stop()
+            steps.append(self._publisher.stop)
         if self.access_log is not None:
-            self.access_log.close()
+            steps.append(self.access_log.close)
         if self.disk is not None:
-            self.disk.close()  # joins its thread once the queued writes are done
+            steps.append(self.disk.close)  # joins its thread once the queued writes are done
         if self.pipes is not None:
-            self.pipes.close()
+            steps.append(self.pipes.close)
+        if self.watcher is not None:
+            steps.append(self._stop_watcher)
+        if self.server is not None:
+            steps.append(self.server.close)
+        if self._own_resolver and isinstance(self.resolver, Resolver):
+            steps.append(self.resolver.close)
+        if self._own_reactor:
+            steps.append(self.reactor.close)
+        with contextlib.ExitStack() as release:
+            for step in reversed(steps):  # an ExitStack unwinds last-in first
+                release.callback(step)
+
+    def _stop_watcher(self) -> None:
         if self.watcher is not None:
             self.watcher.stop()
             self.watcher = None
-        if self.server is not None:
-            self.server.close()
-        if self._own_resolver and isinstance(self.resolver, Resolver):
-            self.resolver.close()
-        if self._own_reactor:
-            self.reactor.close()

@@ -8,8 +8,10 @@ through the *same* :mod:`argparse` action as the flag, with the same type conver
 choices, so ``port = "eighty"`` in the file and ``--port eighty`` on the command line fail with
 the same words. TOML numbers and lists are first turned into the text the flag would get
 (``connect-ports = [443, 8443]`` becomes ``443,8443``); a list for a repeatable flag is the flag
-given once per item. Paths in the file (``blacklist``, ``auth-file``, ``access-log``) are taken
-relative to the file's own folder, so a unit file need not care about the working directory.
+given once per item. An array is accepted only there: for a key that takes one value
+(``host = ["a", "b"]``) it is an error, not a comma-joined surprise. Paths in the file
+(``blacklist``, ``auth-file``, ``access-log``) are taken relative to the file's own folder, so a
+unit file need not care about the working directory.
 
 Precedence is defaults < file < command line. To know which flags were really typed (a default
 is no override), the arguments are parsed once more by a copy of the parser whose defaults are
@@ -54,6 +56,9 @@ NOT_IN_FILE = frozenset({"help", "version", "config", "print_config"})
 
 PATH_SETTINGS = frozenset({"blacklist", "auth_file", "access_log"})
 """Destinations whose relative paths are resolved against the config file's folder."""
+
+COMMA_LIST_SETTINGS = frozenset({"connect_ports"})
+"""Single flags whose text is a comma-separated list: a TOML array is joined for them."""
 
 STREAM_NAMES = frozenset({"-", "stderr", "none"})
 """``--access-log`` values that are not paths."""
@@ -112,6 +117,8 @@ def _flag_text(value: object) -> str:
 def _resolve(value: str, dest: str, folder: str) -> str:
     if dest == "access_log" and value in STREAM_NAMES:
         return value
+    if not value.strip():
+        return value  # the flag's converter says what is wrong; joined, it would be the folder
     return os.path.normpath(os.path.join(folder, os.path.expanduser(value)))
 
 
@@ -127,6 +134,8 @@ def _convert(
         items = value if isinstance(value, list) else [value]
         texts = [_flag_text(item) for item in items]
     elif isinstance(value, list):
+        if not (isinstance(action, argparse._ExtendAction) or action.dest in COMMA_LIST_SETTINGS):
+            raise ValueError(f"expected a single value, got {_kind(value)}")
         texts = [",".join(_flag_text(item) for item in value)]
     else:
         texts = [_flag_text(value)]
@@ -217,6 +226,23 @@ class ConfigSource:
             merged.update(read_file(self.path, parser))
         merged.update(self.typed)
         return argparse.Namespace(**merged)
+
+    def where(self, dest: str) -> str:
+        """Where setting *dest* came from, as an error names it: ``--port`` when it was typed,
+        ``FILE:LINE: port`` when the file set it, ``port (the default)`` otherwise."""
+        keys = {action.dest: key for key, action in settable_actions(self.parser_factory()).items()}
+        key = keys[dest]
+        if dest in self.typed:
+            return f"--{key}"
+        if self.path is not None:
+            try:
+                with open(self.path, encoding="utf-8") as handle:
+                    line = key_line(handle.read(), key)
+            except (OSError, UnicodeDecodeError):
+                line = None
+            if line is not None:
+                return f"{self.path}:{line}: {key}"
+        return f"{key} (the default)"
 
     def load(self) -> Config:
         """The effective :class:`~proxy.config.Config`.
@@ -378,6 +404,8 @@ def dump(
     parser: argparse.ArgumentParser,
     origin: str,
     spell: Mapping[str, Callable[[Any], str]] | None = None,
+    derived: Mapping[str, tuple[object, str]] | None = None,
+    redact: Mapping[str, Callable[[str], str]] | None = None,
 ) -> str:
     """The settings in *namespace* as a config file, grouped as ``--help`` groups the flags.
 
@@ -385,8 +413,19 @@ def dump(
     rather than ``67108864``); the text becomes a TOML string, which the converter reads back.
     Settings with no value (``auth-file`` unset) are written as comments. Paths are written
     absolute: the file reads relative paths from its own folder, flags from the working one.
+
+    *derived* maps a destination left unset (None in *namespace*) to the value the proxy
+    computes for it on this machine and how: ``max_conns`` follows the descriptor limit. Such a
+    value is written as a comment, never a key, so a file started from this output keeps
+    deriving it where it runs instead of pinning this shell's figure.
+
+    *redact* maps a destination to a function hiding its secret (the parent proxy's password).
+    A value it changes is written hidden, after a comment saying so: the output stays a file
+    ``--config`` reads, but it never carries the secret to a terminal, a ticket or a paste.
     """
     spell = spell or {}
+    derived = derived or {}
+    redact = redact or {}
     lines = [f"# Effective configuration of python -m proxy ({origin}).", ""]
     keys = {action.dest: key for key, action in settable_actions(parser).items()}
     for group in parser._action_groups:
@@ -396,10 +435,16 @@ def dump(
             if key is None:
                 continue
             value = getattr(namespace, action.dest)
-            if value is None:
+            if value is None and action.dest in derived:
+                figure, how = derived[action.dest]
+                body.append(f"# {key} = {toml_value(figure)}  # derived here: {how}")
+            elif value is None:
                 body.append(f"# {key} = (not set)")
             elif action.dest in PATH_SETTINGS and value not in STREAM_NAMES:
                 body.append(f"{key} = {toml_value(os.path.abspath(value))}")
+            elif action.dest in redact and redact[action.dest](value) != value:
+                body.append(f"# {key}: password redacted; put the real one back to use this file")
+                body.append(f"{key} = {toml_value(redact[action.dest](value))}")
             elif action.dest in spell:
                 body.append(f"{key} = {toml_value(spell[action.dest](value))}")
             else:

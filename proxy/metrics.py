@@ -145,9 +145,15 @@ class MetricsSnapshot:
     blocklist_reload_failures: int = 0
     """Blocklist reloads that failed (the old list stayed)."""
     errors: Mapping[str, int] = field(default_factory=dict)
-    """Errors by kind, a fixed name from the code (``connect_refused``, ``connect_timeout``...)."""
+    """Errors by kind: the lower-cased name of one of :data:`proxy.stats.ERROR_TRIGGERS`
+    (``dial_timeout``, ``connect_failed``, ``denied``...)."""
     request_duration: HistogramSnapshot = field(default_factory=HistogramSnapshot)
     """Request durations, seconds from the request head to the end of the response."""
+    access_log_written: int = 0
+    """Access-log lines handed to the destination."""
+    access_log_dropped: int = 0
+    """Access-log lines lost (a full disk, a closed pipe): the one loss the log accepts, so it
+    must be visible to an alert."""
     workers: int = 1
     """Processes whose numbers are included."""
 
@@ -190,6 +196,8 @@ def merge(snapshots: Sequence[MetricsSnapshot]) -> MetricsSnapshot:
             tuple(map(sum, zip(*(s.request_duration.counts for s in snapshots), strict=True))),
             math.fsum(s.request_duration.sum for s in snapshots),
         ),
+        access_log_written=sum(s.access_log_written for s in snapshots),
+        access_log_dropped=sum(s.access_log_dropped for s in snapshots),
         workers=sum(s.workers for s in snapshots),
     )
 
@@ -289,6 +297,13 @@ def render(s: MetricsSnapshot) -> str:
         {"ok": s.blocklist_reloads, "failed": s.blocklist_reload_failures},
     )
     out.labelled("proxy_errors_total", "counter", "Errors by kind.", "kind", s.errors)
+    out.labelled(
+        "proxy_access_log_lines_total",
+        "counter",
+        "Access-log lines by outcome: written, or dropped (the destination failed).",
+        "outcome",
+        {"written": s.access_log_written, "dropped": s.access_log_dropped},
+    )
     _histogram(
         out,
         "proxy_request_duration_seconds",

@@ -21,6 +21,10 @@ never resolved just to decide, since the parent may be the only one that can res
 parent itself is the operator's choice, so ``--deny-private`` judges the targets the proxy
 reaches directly, not the address of its parent.
 
+The parent's password appears only in the ``Proxy-Authorization`` sent to the parent.
+Wherever the URL is shown (errors at start, reload warnings in the journal, ``--print-config``)
+it goes through :func:`redact_parent` first.
+
 Everything here is pure: parsing the parent URL and the bypass list happens once at start-up,
 and a hop is chosen per request from values.
 """
@@ -54,20 +58,45 @@ class ParentProxy(NamedTuple):
         return f"the parent proxy {host}:{self.port}"
 
 
+REDACTED = "***"
+"""What stands for the parent's password wherever its URL is shown."""
+
+
+def redact_parent(url: str) -> str:
+    """*url* with the password of its ``user:password@`` part replaced by :data:`REDACTED`.
+
+    Error messages, the journal and ``--print-config`` show the parent's URL, and the password
+    must reach none of them. The cut is made on the text, not on a parsed URL, so a URL too
+    broken to parse (the one an error is about, say a password with a raw ``/``) is redacted
+    too: everything between the first ``:`` after the scheme and the *last* ``@`` goes. That
+    may hide more than the password of a URL that is wrong anyway, never less.
+    """
+    scheme, sep, rest = url.partition("://") if "://" in url else ("", "", url)
+    userinfo, at, after = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url  # no password (a user alone is a name, not a secret)
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:{REDACTED}@{after}"
+
+
 def parse_parent(url: str) -> ParentProxy:
-    """Read ``http://[user:password@]host[:port]``; raise ValueError naming what is wrong."""
+    """Read ``http://[user:password@]host[:port]``; raise ValueError naming what is wrong.
+
+    The messages show the URL with its password redacted (:func:`redact_parent`).
+    """
+    shown = redact_parent(url)
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme.lower() != "http":
-        raise ValueError(f"a parent proxy is spoken to in plain HTTP: use http://, not {url!r}")
+        raise ValueError(f"a parent proxy is spoken to in plain HTTP: use http://, not {shown!r}")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"a parent proxy URL has no path or query: {url!r}")
+        raise ValueError(f"a parent proxy URL has no path or query: {shown!r}")
     host = parts.hostname
     if not host:
-        raise ValueError(f"no host in the parent proxy URL {url!r}")
+        raise ValueError(f"no host in the parent proxy URL {shown!r}")
     try:
         port = parts.port or DEFAULT_PARENT_PORT
     except ValueError:
-        raise ValueError(f"bad port in the parent proxy URL {url!r}") from None
+        raise ValueError(f"bad port in the parent proxy URL {shown!r}") from None
     authorization = None
     if parts.username is not None:
         user, password = unquote(parts.username), unquote(parts.password or "")

@@ -24,11 +24,15 @@ good copy it had of that slot. Nothing waits on another process.
 Each worker refreshes its slot every ``interval`` seconds from a reactor timer
 (:class:`MetricsPublisher`) and once more right before it answers ``/metrics``, so its own
 numbers in the answer are current and the others' at most ``interval`` old. A worker that has
-died leaves its last numbers in its slot: counters keep the requests it served.
+died leaves its last numbers in its slot: counters keep the requests it served. Its gauges
+would go on showing connections that are gone, so the parent, which waits on the workers,
+rewrites the dead worker's slot (:meth:`SharedMetrics.mark_dead`; the slot's only writer is
+dead, so the seqlock still has one writer) with the counters kept and the gauges at zero.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import mmap
 import struct
@@ -63,6 +67,7 @@ def encode(snapshot: MetricsSnapshot) -> bytes:
             ],
             "errors": dict(snapshot.errors),
             "duration": [list(h.bounds), list(h.counts), h.sum],
+            "access_log": [snapshot.access_log_written, snapshot.access_log_dropped],
             "workers": snapshot.workers,
         },
         separators=(",", ":"),
@@ -77,6 +82,7 @@ def decode(data: bytes) -> MetricsSnapshot:
     received, sent = doc["bytes"]
     tunnels_open, tunnels_total = doc["tunnels"]
     rules, reloads, failures = doc["blocklist"]
+    written, dropped = doc["access_log"]
     return MetricsSnapshot(
         requests={(m, c): n for m, c, n in doc["requests"]},
         cache_hits=hits,
@@ -93,6 +99,8 @@ def decode(data: bytes) -> MetricsSnapshot:
         blocklist_reload_failures=failures,
         errors=doc["errors"],
         request_duration=HistogramSnapshot(tuple(bounds), tuple(counts), total),
+        access_log_written=written,
+        access_log_dropped=dropped,
         workers=doc["workers"],
     )
 
@@ -157,6 +165,19 @@ class SharedMetrics:
             self._last_good[slot] = snapshot
             return snapshot
         return self._last_good.get(slot)
+
+    def mark_dead(self, slot: int) -> None:
+        """Keep the counters of *slot*'s dead worker but drop its gauges and its worker count.
+
+        Only for a slot whose worker has exited: it becomes the slot's one writer.
+        """
+        last = self.read(slot)
+        if last is None:
+            return  # it died before publishing: nothing of it is in the sum
+        self.publish(
+            slot,
+            dataclasses.replace(last, connections_open={}, tunnels_open=0, workers=0),
+        )
 
     def snapshots(self) -> list[MetricsSnapshot]:
         """The latest snapshot of every slot that has published one."""

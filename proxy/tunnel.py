@@ -183,6 +183,10 @@ class Tunnel:
                 self._quiet_sweeps = 0  # the flush gets one more period
                 self.close()
 
+    def restart_idle_count(self) -> None:
+        """Count quiet sweeps from zero again (the sweep's period changed under it)."""
+        self._quiet_sweeps = 0
+
     def side_lost(self, end: TunnelEnd, exc: BaseException | None) -> None:
         """One side is gone: close the other after it flushes, and report once."""
         other = end.peer
@@ -269,6 +273,23 @@ class IdleSweep:
         if not self._tunnels and self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+    def retime(self, idle_timeout: float) -> None:
+        """Sweep with a new *idle_timeout* from now on (a config reload changed it).
+
+        Quiet sweeps counted at the old period say nothing in the new one, so every open
+        tunnel starts counting again: a tunnel is closed no earlier than *idle_timeout* after
+        the change, nor more than 1.25 times that after it (a longer timeout never cuts a
+        tunnel early, a shorter one does not wait for the old period's pending sweep).
+        """
+        if idle_timeout == self.idle_timeout:
+            return
+        self.idle_timeout = idle_timeout
+        for tunnel in self._tunnels:
+            tunnel.restart_idle_count()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._schedule()
 
     def _schedule(self) -> None:
         period = self.idle_timeout / self.SWEEPS_PER_TIMEOUT

@@ -434,3 +434,67 @@ def test_only_the_formats_that_show_them_need_the_request_fields():
         for name, f in FORMATS.items()
     }
     assert wants == {"squid": False, "combined": True, "json": True}
+
+
+def test_the_last_lines_are_written_even_if_the_metrics_publisher_fails_at_stop():
+    """A clean stop loses no line (issue 19), whatever the steps before the log's close do."""
+    from minireactor import StaticResolver
+    from proxy.app import ProxyServer
+    from proxy.config import Config
+    from proxy.sharedmetrics import SharedMetrics
+
+    reactor = Reactor()
+    sink = MemorySink()
+    server = ProxyServer(
+        Config(host="127.0.0.1", port=0, watch_blacklist=False),
+        reactor=reactor,
+        resolver=StaticResolver(reactor, {}),
+        access_sink=sink,
+        shared_metrics=SharedMetrics(1),
+        worker=0,
+    )
+    server.start()
+    assert server.access_log is not None and server._publisher is not None
+
+    def outgrown() -> None:
+        raise ValueError("snapshot larger than its slot")
+
+    server._publisher.stop = outgrown  # type: ignore[method-assign]
+    server.access_log.log(RECORD)  # buffered until the tick ends, or the close
+    with pytest.raises(ValueError, match="slot"):
+        server._release()
+    assert b"".join(sink.writes) == squid_line(RECORD).encode()
+    assert sink.closed
+    assert server.server is not None and server.server.sock.fileno() == -1  # later steps ran
+    reactor.close()
+
+
+def test_written_and_dropped_lines_reach_the_metrics():
+    """The one loss the log accepts (a full disk, a closed pipe) must be visible to an alert."""
+    from minireactor import StaticResolver
+    from proxy.app import ProxyServer
+    from proxy.config import Config
+
+    reactor = Reactor()
+    sink = MemorySink()
+    server = ProxyServer(
+        Config(host="127.0.0.1", port=0, watch_blacklist=False),
+        reactor=reactor,
+        resolver=StaticResolver(reactor, {}),
+        access_sink=sink,
+    )
+    server.start()
+    try:
+        assert server.access_log is not None
+        server.access_log.log(RECORD)
+        server.access_log.flush()
+        sink.failing = OSError(28, "No space left on device")
+        server.access_log.log(RECORD)
+        server.access_log.log(RECORD)
+        server.access_log.flush()
+        snapshot = server.metrics_snapshot()
+        assert (snapshot.access_log_written, snapshot.access_log_dropped) == (1, 2)
+        assert 'proxy_access_log_lines_total{outcome="dropped"} 2' in server.metrics_text()
+    finally:
+        server._release()
+        reactor.close()

@@ -165,7 +165,7 @@ def test_port_in_use_exits_1_with_one_line(tmp_path):
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
-    assert str(port) in lines[0]
+    assert lines[0].startswith(f"proxy: cannot listen on 127.0.0.1:{port}: "), lines[0]
     assert "Traceback" not in out.stderr
 
 
@@ -334,3 +334,76 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path):
         assert sum(line.endswith(" stopped\n") for line in lines) == 2, lines
     finally:
         _stop_workers(child, tmp_path)
+
+
+EARLY_SIGNALS = """
+import os
+import signal
+import sys
+
+from proxy import app
+from proxy.__main__ import main
+
+real_start = app.ProxyServer.start
+
+
+def start(self):
+    # A systemctl reload or a logrotate postrotate landing while the proxy starts.
+    os.kill(os.getpid(), signal.SIGHUP)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    if self._worker is not None:
+        os.kill(os.getppid(), signal.SIGHUP)  # the parent, maybe still forking
+    return real_start(self)
+
+
+app.ProxyServer.start = start
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_reload_or_reopen_signal_during_start_up_is_held_not_fatal(tmp_path, workers):
+    """Their default action kills; held until the handlers exist, they are then handled."""
+    blacklist = tmp_path / "blacklist.txt"
+    blacklist.write_text("")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", EARLY_SIGNALS, "--port", str(port), "--workers", str(workers)]
+        + ["--blacklist", str(blacklist)],
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    try:
+        listening = reloads = 0
+        seen: list[str] = []
+        deadline = time.monotonic() + 30
+        # Every process that started announces itself, and each held SIGHUP is then a reload.
+        while (listening < workers or reloads < workers) and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                if proc.poll() is not None:
+                    break
+                continue
+            seen.append(line)
+            listening += "listening on" in line
+            reloads += "blocklist reloaded" in line
+        assert listening >= workers and reloads >= workers, (proc.poll(), seen)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)

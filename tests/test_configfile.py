@@ -30,6 +30,7 @@ from proxy.configfile import (
     setting_key,
     toml_value,
 )
+from proxy.parent import redact_parent
 
 SIZES = {"cache_size": _size_text, "cache_max_object": _size_text}
 
@@ -149,6 +150,14 @@ def test_a_bad_value_reads_as_the_same_bad_flag(tmp_path, toml, flag, value):
         ("port = true", ":2: port: expected a string or a number, got a boolean"),
         ("host = {a = 1}", ":2: host: expected a string or a number, got a table"),
         ("allow = [[1]]", ":2: allow: expected a string or a number, got an array"),
+        # A list only where the flag takes several values: joined, it made host = "a,b".
+        ('host = ["a", "b"]', ":2: host: expected a single value, got an array"),
+        ('log-level = ["INFO"]', ":2: log-level: expected a single value, got an array"),
+        ('blacklist = ["x.txt"]', ":2: blacklist: expected a single value, got an array"),
+        ("port = [4095]", ":2: port: expected a single value, got an array"),
+        # Empty paths are the flag's error, not the config file's own folder.
+        ('access-log = ""', ":2: access-log: an empty path: give a file, -, stderr or none"),
+        ('blacklist = ""', ":2: blacklist: an empty path: give the blocklist file's path"),
     ],
 )
 def test_unknown_keys_and_wrong_types_name_key_and_line(tmp_path, toml, message):
@@ -275,6 +284,53 @@ def test_print_config_comments_unset_settings_and_spells_sizes():
     assert 'cache-size = "64M"' in output
     keys = {line.split(" = ")[0].lstrip("# ") for line in output.splitlines() if " = " in line}
     assert keys == set(settable_actions(build_parser()))
+
+
+def test_a_derived_default_is_printed_as_a_comment_and_reads_back_unset(tmp_path):
+    """A file started from --print-config must not pin the shell's --max-conns (issue 15)."""
+    src = source(tmp_path, "port = 3128\n")
+    output = dump(src.namespace(), build_parser(), "test", SIZES, {"max_conns": (9920, "rule")})
+    assert "# max-conns = 9920  # derived here: rule" in output.splitlines()
+    again = source(tmp_path, output)
+    assert again.namespace().max_conns is None  # still derived where the file is used
+    typed = source(tmp_path, "max-conns = 300\n")
+    output = dump(typed.namespace(), build_parser(), "test", SIZES, {"max_conns": (9920, "rule")})
+    assert "max-conns = 300" in output.splitlines()
+
+
+def test_print_config_redacts_the_parents_password_and_still_reads_back(tmp_path):
+    src = source(tmp_path, 'parent = "http://office:s3cret@gw.example:8080"\n')
+    hide = {"parent": redact_parent}
+    output = dump(src.namespace(), build_parser(), "test", SIZES, redact=hide)
+    assert "s3cret" not in output
+    lines = output.splitlines()
+    at = lines.index('parent = "http://office:***@gw.example:8080"')
+    assert "password redacted" in lines[at - 1]
+    assert source(tmp_path, output).load().parent == "http://office:***@gw.example:8080"
+    plain = source(tmp_path, 'parent = "http://gw.example:8080"\n')
+    output = dump(plain.namespace(), build_parser(), "test", SIZES, redact=hide)
+    assert "redacted" not in output
+
+
+def test_a_reload_with_a_bad_parent_logs_no_password(tmp_path):
+    path = tmp_path / "proxy.toml"
+    path.write_text('parent = "http://office:s3cret@gw.example:8080"\n')
+    src = ConfigSource.from_argv(build_parser, config_from_args, ["--config", str(path)])
+    current = src.load()
+    path.write_text('parent = "http://office:s3cret@gw.example:99999"\n')
+    result = src.reload(current)
+    assert result.error is not None and result.config == current
+    assert "s3cret" not in result.summary() and "office:***@" in result.summary()
+
+
+def test_the_example_file_pins_no_derived_or_default_value():
+    """Copied to /etc as the guide says, it must leave max-conns to the descriptor limit."""
+    example = Path(__file__).resolve().parent.parent / "docs" / "proxy.example.toml"
+    values = read_file(str(example), build_parser())
+    assert "max_conns" not in values
+    defaults = vars(build_parser().parse_args([]))
+    restated = {k for k, v in values.items() if v == defaults[k]} - {"host", "port"}
+    assert restated == set(), restated
 
 
 def test_toml_value_refuses_what_toml_cannot_say():

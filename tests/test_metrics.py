@@ -60,6 +60,8 @@ def busy_snapshot() -> MetricsSnapshot:
         blocklist_reload_failures=1,
         errors={"connect_refused": 2, 'odd "kind" \\ with\nnewline': 1},
         request_duration=histogram.snapshot(),
+        access_log_written=8,
+        access_log_dropped=2,
         workers=1,
     )
 
@@ -83,6 +85,7 @@ def test_every_family_parses_with_its_type_and_help():
         "proxy_blocklist_rules": "gauge",
         "proxy_blocklist_reloads": "counter",
         "proxy_errors": "counter",
+        "proxy_access_log_lines": "counter",
         "proxy_request_duration_seconds": "histogram",
     }
     assert {name: family.type for name, family in parsed.items()} == expected
@@ -99,6 +102,8 @@ def test_sample_values_and_labels():
     assert found[("proxy_tunnels_total", ())] == 4
     assert found[("proxy_blocklist_reloads_total", (("outcome", "failed"),))] == 1
     assert found[("proxy_errors_total", (("kind", 'odd "kind" \\ with\nnewline'),))] == 1
+    assert found[("proxy_access_log_lines_total", (("outcome", "written"),))] == 8
+    assert found[("proxy_access_log_lines_total", (("outcome", "dropped"),))] == 2
 
 
 def test_label_values_are_escaped_exactly():
@@ -212,6 +217,8 @@ def test_merge_sums_and_takes_the_largest_blocklist_figures():
         blocklist_reloads=2,
         errors={"connect_refused": 1},
         request_duration=HistogramSnapshot(counts=(1,) + (0,) * len(DURATION_BUCKETS), sum=0.001),
+        access_log_written=1,
+        access_log_dropped=1,
     )
     total = merge([one, other])
     assert total.requests == {("GET", "2xx"): 6, ("CONNECT", "2xx"): 1, ("OTHER", "4xx"): 2,
@@ -221,6 +228,7 @@ def test_merge_sums_and_takes_the_largest_blocklist_figures():
     assert (total.blocklist_rules, total.blocklist_reloads) == (12, 3)
     assert total.request_duration.count == 7
     assert total.request_duration.counts[0] == one.request_duration.counts[0] + 1
+    assert (total.access_log_written, total.access_log_dropped) == (9, 3)
     assert total.workers == 2
 
 
@@ -251,6 +259,23 @@ def test_slots_publish_and_read_in_one_process():
         assert shared.total().bytes_sent == 100_000 and shared.total().workers == 2
         with pytest.raises(IndexError):
             shared.publish(3, MetricsSnapshot())
+    finally:
+        shared.close()
+
+
+def test_a_dead_workers_slot_keeps_its_counters_and_drops_its_gauges():
+    shared = SharedMetrics(3)
+    try:
+        shared.publish(0, busy_snapshot())
+        shared.publish(1, MetricsSnapshot(connections_open={"IDLE": 1}, connections_total=2))
+        shared.mark_dead(0)
+        shared.mark_dead(2)  # died before it ever published: nothing to drop
+        total = shared.total()
+        assert total.workers == 1
+        assert total.connections_open == {"IDLE": 1}
+        assert total.tunnels_open == 0
+        assert total.connections_total == 9 + 2
+        assert total.requests == busy_snapshot().requests
     finally:
         shared.close()
 
@@ -372,3 +397,41 @@ def test_the_publisher_refreshes_on_a_timer_and_before_answering(reactor: Reacto
         assert reactor.pending_timers == 0
     finally:
         shared.close()
+
+
+def test_the_operator_guide_lists_exactly_the_error_kinds():
+    """Operators write alerts from that table: it must name what /metrics really counts."""
+    import re
+    from pathlib import Path
+
+    from proxy.stats import ERROR_TRIGGERS
+
+    guide = Path(__file__).resolve().parent.parent / "docs" / "howto" / "operator.md"
+    text = guide.read_text(encoding="utf-8")
+    table = text.split("| `kind` | Counted when |", 1)[1].split("\n\n", 1)[0]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE))
+    assert documented == {trigger.name.lower() for trigger in ERROR_TRIGGERS}
+
+
+def test_loading_the_blocklist_at_start_is_not_counted_as_a_reload(tmp_path):
+    """A fresh proxy with no blocklist file yet must not report a failed reload."""
+    from minireactor import StaticResolver
+    from proxy.app import ProxyServer
+    from proxy.config import Config
+
+    reactor = Reactor()
+    server = ProxyServer(
+        Config(host="127.0.0.1", port=0, blacklist=str(tmp_path / "not-yet.txt")),
+        reactor=reactor,
+        resolver=StaticResolver(reactor, {}),
+        access_sink=None,
+    )
+    server.start()
+    try:
+        assert server.watcher is not None
+        snapshot = server.metrics_snapshot()
+        assert (snapshot.blocklist_reloads, snapshot.blocklist_reload_failures) == (0, 0)
+        assert server.stats.blocklist_reload["ok"] is False  # the dashboard still shows why
+    finally:
+        server._release()
+        reactor.close()

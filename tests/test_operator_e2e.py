@@ -203,6 +203,9 @@ def test_metrics_are_scraped_and_parsed(origin, tmp_path):
         assert metric(body, "proxy_request_duration_seconds_count") == 3
         assert metric(body, "proxy_sent_bytes_total") > 0
         assert metric(body, "proxy_workers") == 1
+        # The three requests' lines (the scrape's own comes after its answer).
+        assert metric(body, "proxy_access_log_lines_total", outcome="written") >= 3
+        assert metric(body, "proxy_access_log_lines_total", outcome="dropped") == 0
     finally:
         child.proc.send_signal(signal.SIGTERM)
         child.stop()
@@ -224,6 +227,30 @@ def test_metrics_with_workers_are_the_sum_over_workers(origin, tmp_path):
             )
 
         assert eventually(summed, child), child.all_lines()
+    finally:
+        _stop_workers(child, tmp_path)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux's /proc/PID/task")
+def test_a_dead_worker_is_reported_and_its_gauges_leave_the_sum(origin, tmp_path):
+    child, port = start(tmp_path, "--workers", "2")
+    try:
+        workers = _children_of(child.proc.pid)
+        assert len(workers) == 2
+        for _ in range(6):
+            get_ok(port, origin.url("/hello"))
+        assert eventually(
+            lambda: metric(scrape(port)[1], "proxy_requests_total", code="2xx") == 6, child
+        )
+        os.kill(workers[0], signal.SIGKILL)  # an OOM kill, say
+        line = child.wait_for("was killed by signal 9")
+        assert f"(pid {workers[0]})" in line and "1 worker(s) still serve" in line
+        body = scrape(port)[1]  # the survivor answers: the dead one's socket is closed
+        assert metric(body, "proxy_workers") == 1
+        assert metric(body, "proxy_requests_total", code="2xx") >= 6  # its counters stay
+        get_ok(port, origin.url("/hello"))
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.proc.wait(20) != 0  # a worker died: not a clean run
     finally:
         _stop_workers(child, tmp_path)
 

@@ -18,7 +18,7 @@ import pytest
 from support import OriginServer, RunningProxy, read_response
 
 from proxy.auth import make_entry
-from proxy.parent import Bypass, Route, connect_head, parse_parent
+from proxy.parent import Bypass, Route, connect_head, parse_parent, redact_parent
 from proxy.target import Target
 
 
@@ -55,6 +55,39 @@ def test_parent_urls(url: str, expected: tuple[str, int, str | None]) -> None:
 def test_bad_parent_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError):
         parse_parent(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://u:s3cret@proxy.lan",
+        "http://u:s3cret@proxy.lan/path",
+        "http://u:s3cret@:3128",
+        "http://u:s3cret@h:99999",
+        "http://u:s3/cret@h:99999",  # a raw / that cuts the authority short of the @
+        "ftp://u:s3cret@h",
+    ],
+)
+def test_a_bad_parent_url_is_named_without_its_password(url: str) -> None:
+    """The message goes to stderr at start and to the journal on SIGHUP."""
+    with pytest.raises(ValueError) as caught:
+        parse_parent(url)
+    assert "s3" not in str(caught.value) and "cret" not in str(caught.value)
+    assert "u:***@" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://u:p@h:1", "http://u:***@h:1"),
+        ("u:p@h", "u:***@h"),
+        ("http://u:p@w@h:1", "http://u:***@h:1"),
+        ("http://u@h", "http://u@h"),  # a user alone is no secret
+        ("http://h:1", "http://h:1"),
+    ],
+)
+def test_redact_parent(url: str, shown: str) -> None:
+    assert redact_parent(url) == shown
 
 
 def test_bypass_matches_domains_with_their_subdomains_and_literal_addresses() -> None:
