@@ -11,10 +11,11 @@ printed verdicts: it points ``$COURSE_RESULTS`` at a temporary file, and every c
 verdict there as one JSON line. An exercise with no line in that file did not get checked (an
 earlier cell failed to define something, or the kernel died), and is reported as such.
 
-The kernel finds ``course`` (and ``minireactor``, ``proxy``) on a ``PYTHONPATH`` that starts
-with this checkout's folders, so the checks applied are the instructor's copy, not whatever a
-submission folder holds. Cells may fail (``allow_errors``): a broken cell costs the exercises that
-depend on it, not the whole notebook, and every error is listed.
+The kernel finds ``course`` (and ``minireactor``, ``proxy``, and ``tests/support.py`` for
+notebook 07) on a ``PYTHONPATH`` that starts with this checkout's folders, so the checks applied
+are the instructor's copy, not whatever a submission folder holds. Cells may fail
+(``allow_errors``): a broken cell costs the exercises that depend on it, not the whole notebook,
+and every error is listed.
 
 Three directions:
 
@@ -131,12 +132,17 @@ def cell_errors(notebook: Any) -> list[str]:
 
 
 def kernel_environment(results: Path) -> dict[str, str]:
-    """The environment the kernel inherits: the results file, and this checkout first."""
+    """The environment the kernel inherits: the results file, and this checkout first.
+
+    ``tests/`` is on the path for notebook 07's ``from support import FakeWorld``: the notebook
+    adds ``../tests``, which exists in a clone or a handout, but not beside a submission folder
+    such as ``submissions/alice/``.
+    """
     env = dict(os.environ)
     env[RESULTS_ENV] = str(results)
     inherited = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = os.pathsep.join(
-        part for part in (str(NOTEBOOKS), str(ROOT), inherited) if part
+        part for part in (str(NOTEBOOKS), str(ROOT), str(ROOT / "tests"), inherited) if part
     )
     return env
 

@@ -1122,6 +1122,32 @@ def test_grade_scores_a_submission_folder(tmp_path: Path) -> None:
     assert rows[3].startswith("alice,99_mixed.ipynb,,,error,cell 4 raised RuntimeError")
 
 
+def test_grade_runs_notebook_07_from_a_submission_folder(tmp_path: Path) -> None:
+    """The real notebook 07 imports the fake world from ``tests/``, which is not beside
+    ``submissions/alice/``: the grader's kernel must find it, or every cell after the import
+    fails whatever the student wrote."""
+    pytest.importorskip("nbclient", reason="grade.py needs the notebooks extra")
+    pytest.importorskip("ipykernel", reason="grade.py needs the notebooks extra")
+    name = "07_session_state_machine.ipynb"
+    submission = tmp_path / "submissions" / "alice"
+    submission.mkdir(parents=True)
+    (submission / name).write_bytes((NOTEBOOKS / name).read_bytes())
+    table = tmp_path / "grades.csv"
+    done = subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "grade.py"), "--csv", str(table), str(submission)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr  # the stubs are not done
+    assert "error" not in done.stdout.replace("0 error(s)", ""), done.stdout
+    rows = table.read_text().splitlines()[1:]
+    expected = sorted(i for i in checks.EXERCISES if i.startswith("07-"))
+    assert sorted(row.split(",")[2] for row in rows) == expected
+    assert all(row.split(",")[4] == "todo" for row in rows), rows
+
+
 def test_handout_has_the_stubs_and_no_solutions(tmp_path: Path) -> None:
     pytest.importorskip("nbformat", reason="grade.py needs the notebooks extra")
     pytest.importorskip("nbclient", reason="grade.py needs the notebooks extra")
