@@ -9,7 +9,11 @@ fresh kernel, with the notebook's own folder as the working directory, exactly a
 does in CI, so the checks run the student's code where it was written. It never reads the
 printed verdicts: it points ``$COURSE_RESULTS`` at a temporary file, and every check appends its
 verdict there as one JSON line. An exercise with no line in that file did not get checked (an
-earlier cell failed to define something, or the kernel died), and is reported as such.
+earlier cell failed to define something, or the kernel died), and is reported as such. Which
+exercises to expect comes from the registry and the shipped notebook of the same number, not
+from the submission's tags: an exercise whose cells were deleted or untagged is reported
+``missing`` (not passed), so a notebook with every exercise deleted does not pass, and a check
+that ran under an answer written in a new, untagged cell still counts.
 
 The kernel finds ``course`` (and ``minireactor``, ``proxy``, and ``tests/support.py`` for
 notebook 07) on a ``PYTHONPATH`` that starts with this checkout's folders, so the checks applied
@@ -68,7 +72,7 @@ class Verdict:
     """What the grader concluded about one exercise."""
 
     exercise: str
-    status: str  # "pass", "todo", "fail", or "unchecked"
+    status: str  # "pass", "todo", "fail", "unchecked", or "missing"
     message: str
     hint: str = ""
 
@@ -91,6 +95,29 @@ def exercise_cells(notebook: Any) -> list[tuple[int, str]]:
         if cell.cell_type == "code" and "exercise" in cell.metadata.get("tags", []):
             found.append((index, cell.metadata.get("exercise", "")))
     return found
+
+
+def expected_exercises(path: Path, notebook: Any) -> list[str]:
+    """The ids to grade in the notebook at *path*, in notebook order.
+
+    They come from the registry (every exercise of the notebook's number, ``03`` for
+    ``03_reactor_loop.ipynb``), in the order of the shipped notebook of that number, not only
+    from the cells tagged ``exercise`` in the submission: a cell whose tag was lost (retyped,
+    merged, or the answer written in a new cell) or deleted must still get a row. Tagged ids of
+    other notebooks (a notebook of the student's own) are graded too.
+    """
+    number = path.name[:2]
+    registered = [exercise.id for exercise in EXERCISES.values() if exercise.notebook == number]
+    shipped = NOTEBOOKS / path.name
+    order = (
+        [exercise_id for _, exercise_id in exercise_cells(read_notebook(shipped))]
+        if shipped.is_file()
+        else []
+    )
+    expected = [exercise_id for exercise_id in order if exercise_id in registered]
+    expected += [exercise_id for exercise_id in registered if exercise_id not in expected]
+    tagged = [exercise_id for _, exercise_id in exercise_cells(notebook)]
+    return tagged + [exercise_id for exercise_id in expected if exercise_id not in tagged]
 
 
 def structure_errors(notebook: Any) -> list[str]:
@@ -151,6 +178,7 @@ def execute(path: Path, submission: str, *, solutions: bool, timeout: int) -> Re
     """Run one notebook top to bottom and read back every check's verdict."""
     report = Report(path, submission)
     notebook = read_notebook(path)
+    expected = expected_exercises(path, notebook)  # before the solutions replace any cell
     report.errors += structure_errors(notebook)
     if solutions:
         report.errors += substitute_solutions(notebook)
@@ -182,9 +210,19 @@ def execute(path: Path, submission: str, *, solutions: bool, timeout: int) -> Re
                 entry = json.loads(line)
                 recorded[entry["exercise"]] = entry  # a re-run check: the last one counts
     report.errors += cell_errors(notebook)
-    for _, exercise_id in exercise_cells(notebook):
+    tagged = {exercise_id for _, exercise_id in exercise_cells(notebook)}
+    for exercise_id in expected:
         entry = recorded.get(exercise_id)
-        if entry is None:
+        if entry is None and exercise_id not in tagged:
+            report.verdicts.append(
+                Verdict(
+                    exercise_id,
+                    "missing",
+                    "no cell tagged with this exercise and no check of it ran: "
+                    "restore the exercise cell and its check cell",
+                )
+            )
+        elif entry is None:
             report.verdicts.append(
                 Verdict(exercise_id, "unchecked", "its check did not run (see the errors)")
             )
@@ -218,7 +256,7 @@ def course_notebooks() -> list[tuple[Path, str]]:
     ]
 
 
-LABELS = {"pass": "pass", "todo": "todo", "fail": "FAIL", "unchecked": "SKIP"}
+LABELS = {"pass": "pass", "todo": "todo", "fail": "FAIL", "unchecked": "SKIP", "missing": "MISS"}
 
 
 def expected_status(mode: str) -> str | None:
@@ -345,8 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = sum(len(report.errors) for report in reports)
     print(
         f"{len(reports)} notebook(s), {len(verdicts)} exercise(s): {counts['pass']} passed, "
-        f"{counts['todo']} not done, {counts['fail']} failed, {counts['unchecked']} unchecked; "
-        f"{errors} error(s)"
+        f"{counts['todo']} not done, {counts['fail']} failed, {counts['unchecked']} unchecked, "
+        f"{counts['missing']} missing; {errors} error(s)"
     )
     if run_mode == "stubs" and all_ok:
         print("every shipped stub reports 'not done': no check passes on an empty answer")

@@ -1122,6 +1122,67 @@ def test_grade_scores_a_submission_folder(tmp_path: Path) -> None:
     assert rows[3].startswith("alice,99_mixed.ipynb,,,error,cell 4 raised RuntimeError")
 
 
+def test_grade_reports_deleted_exercises_as_missing(tmp_path: Path) -> None:
+    """The exercises to expect come from the registry, not the submission's tags: a notebook
+    with its exercise cells deleted fails, each lost id gets a ``missing`` row, and a check run
+    under an answer in a new, untagged cell still counts."""
+    pytest.importorskip("nbclient", reason="grade.py needs the notebooks extra")
+    pytest.importorskip("ipykernel", reason="grade.py needs the notebooks extra")
+    answered = "03-predict-ticks"
+    untagged_answer = {
+        "cell_type": "code",
+        "execution_count": None,
+        "id": "my-answer",
+        "metadata": {},
+        "outputs": [],
+        "source": (SOLUTIONS / f"{answered}.py").read_text(),
+    }
+    its_check = {
+        "cell_type": "code",
+        "execution_count": None,
+        "id": "its-check",
+        "metadata": {},
+        "outputs": [],
+        "source": f'from course import check\n\ncheck("{answered}", globals())',
+    }
+    metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3"}}
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    alice.mkdir()
+    bob.mkdir()
+    name = "03_reactor_loop.ipynb"
+    for folder, cells in [(alice, [untagged_answer, its_check]), (bob, [])]:
+        notebook = {"cells": cells, "metadata": metadata, "nbformat": 4, "nbformat_minor": 5}
+        (folder / name).write_text(json.dumps(notebook))
+    table = tmp_path / "grades.csv"
+    done = subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "grade.py"), "--csv", str(table), str(alice), str(bob)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    expected = [i for i in checks.EXERCISES if i.startswith("03-")]
+    rows = [row.split(",")[:5] for row in table.read_text().splitlines()[1:]]
+    statuses = {(row[0], row[2]): row[4] for row in rows}
+    assert set(statuses) == {(who, i) for who in ("alice", "bob") for i in expected}, rows
+    for exercise_id in expected:
+        assert statuses[("bob", exercise_id)] == "missing"
+        assert statuses[("alice", exercise_id)] == (
+            "pass" if exercise_id == answered else "missing"
+        )
+    assert f"MISS  {expected[-1]}" in done.stdout
+    assert f"pass  {answered}" in done.stdout
+    emptied = subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "grade.py"), str(bob)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert emptied.returncode == 1, "a notebook with every exercise deleted does not pass"
+
+
 def test_grade_runs_notebook_07_from_a_submission_folder(tmp_path: Path) -> None:
     """The real notebook 07 imports the fake world from ``tests/``, which is not beside
     ``submissions/alice/``: the grader's kernel must find it, or every cell after the import
