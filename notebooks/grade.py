@@ -30,6 +30,9 @@ Three directions:
 * ``--expect-stubs`` runs the notebooks as shipped: every check must report "not done" and no
   cell may fail (no check passes on an empty answer, and a stub never breaks a notebook).
 
+In both of these modes a notebook that takes more than a minute top to bottom (kernel start
+included) fails too: every notebook must run in CI in under a minute.
+
 ``--handout DIR`` writes what students get: ``DIR/notebooks`` with the notebooks without
 outputs, the ``course`` package and this guide's README, ``DIR/tests/support.py`` (the fake
 world of notebook 07), and no solutions.
@@ -57,6 +60,8 @@ NOTEBOOKS = Path(__file__).resolve().parent
 ROOT = NOTEBOOKS.parent
 SOLUTIONS = NOTEBOOKS / "solutions"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+NOTEBOOK_SECONDS = 60.0
+"""The most a notebook may take, top to bottom, in ``--solutions`` and ``--expect-stubs``."""
 
 sys.path[:0] = [str(NOTEBOOKS), str(ROOT)]
 from course.checks import EXERCISES, RESULTS_ENV  # noqa: E402  (needs the path above)
@@ -355,6 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--handout", metavar="DIR", help="write the students' copy into DIR")
     parser.add_argument("--csv", metavar="FILE", help="also write one row per exercise to FILE")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per cell (300)")
+    parser.add_argument(
+        "--notebook-seconds",
+        type=float,
+        default=NOTEBOOK_SECONDS,
+        metavar="S",
+        help=f"with --solutions or --expect-stubs, fail a notebook that takes longer "
+        f"({NOTEBOOK_SECONDS:.0f})",
+    )
     args = parser.parse_args(argv)
 
     if args.handout:
@@ -373,6 +386,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     reports, all_ok = [], True
     for path, submission in targets:
         report = execute(path, submission, solutions=args.solutions, timeout=args.timeout)
+        if run_mode != "grade" and report.seconds > args.notebook_seconds:
+            # The course promises that every notebook runs in CI in under a minute.
+            report.errors.append(
+                f"the notebook took {report.seconds:.1f} s, over the {args.notebook_seconds:g} s "
+                "a notebook may take"
+            )
         reports.append(report)
         all_ok = print_report(report, run_mode) and all_ok
     if args.csv:

@@ -1183,6 +1183,61 @@ def test_grade_reports_deleted_exercises_as_missing(tmp_path: Path) -> None:
     assert emptied.returncode == 1, "a notebook with every exercise deleted does not pass"
 
 
+def test_grade_fails_a_notebook_over_its_time_budget(tmp_path: Path) -> None:
+    """--expect-stubs fails a notebook slower than --notebook-seconds (60 s by default), and
+    says which; a budget of 0.5 s stands in for a minute here."""
+    pytest.importorskip("nbclient", reason="grade.py needs the notebooks extra")
+    pytest.importorskip("ipykernel", reason="grade.py needs the notebooks extra")
+    exercise_id = "03-predict-ticks"
+    cells = [
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "slow",
+            "metadata": {},
+            "outputs": [],
+            "source": "import time\n\ntime.sleep(1)",
+        },
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": exercise_id,
+            "metadata": {"tags": ["exercise"], "exercise": exercise_id},
+            "outputs": [],
+            "source": EXERCISE_CELLS[exercise_id][2],
+        },
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "check",
+            "metadata": {"tags": ["check"], "check": exercise_id},
+            "outputs": [],
+            "source": f'from course import check\n\ncheck("{exercise_id}", globals())',
+        },
+    ]
+    notebook = {
+        "cells": cells,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path = tmp_path / "99_slow.ipynb"
+    path.write_text(json.dumps(notebook))
+    command = [sys.executable, str(NOTEBOOKS / "grade.py"), "--expect-stubs", str(path)]
+    slow = subprocess.run(
+        [*command, "--notebook-seconds", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert slow.returncode == 1, slow.stdout + slow.stderr
+    assert "99_slow.ipynb" in slow.stdout and "over the 0.5 s a notebook may take" in slow.stdout
+    assert "todo  03-predict-ticks" in slow.stdout
+    in_time = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert in_time.returncode == 0, in_time.stdout + in_time.stderr
+
+
 def test_grade_runs_notebook_07_from_a_submission_folder(tmp_path: Path) -> None:
     """The real notebook 07 imports the fake world from ``tests/``, which is not beside
     ``submissions/alice/``: the grader's kernel must find it, or every cell after the import
