@@ -508,6 +508,20 @@ def retry_then_504(world):
     world.clock.advance(30.0)  # the pooled connection simply stays silent: no retry
     return client
 """,
+        """\
+GET = "GET http://origin.test/page HTTP/1.1\\r\\nHost: origin.test\\r\\n\\r\\n"
+
+
+def retry_then_504(world):
+    client = world.client()
+    client.send(GET)
+    world.origin().feed(b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nhi\\n")
+    client.send(GET)
+    world.origin().lose()
+    world.clock.advance(30.0)
+    client.transport.sent.clear()  # the right moves, but the client is left with no answer
+    return client
+""",
     ],
     "09-predict-log": [
         """\

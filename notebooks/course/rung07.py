@@ -365,7 +365,9 @@ def retry_504(answer: Answer) -> str:
         more = f"went on: {extra}" if extra else "stopped early"
         raise Wrong(f"your session made {len(got)} moves instead of {len(RETRY_TARGET)}: it {more}")
     status = _last_status(bytes(client.transport.sent))
-    if status and not status.startswith("HTTP/1.1 504"):
+    if not status:
+        raise Wrong("the client got no answer at all; the story ends with a 504 written to it")
+    if not status.startswith("HTTP/1.1 504"):
         raise Wrong(f"the last answer the client got was {status!r}, not a 504")
     connections = world.network.connections
     if len(connections) != 2 or not connections[0].closed:
