@@ -494,6 +494,31 @@ def authenticating_table():
     }
     return table
 """,
+        """\
+import enum
+
+from proxy.session.states import TABLE, SessionState, Trigger
+
+State = enum.Enum("State", {s.name: s.value for s in SessionState} | {"AUTHENTICATING": "auth"})
+Event = enum.Enum("Event", {t.name: t.value for t in Trigger} | {"AUTHENTICATED": "ok"})
+
+
+def authenticating_table():
+    table = {
+        State[s.name]: {Event[t.name]: State[n.name] for t, n in row.items()}
+        for s, row in TABLE.items()
+    }
+    for waiting in (State.IDLE, State.READING_HEAD):
+        table[waiting][Event.HEAD_RECEIVED] = State.AUTHENTICATING
+    table[State.IDLE][Event.IDLE_TIMEOUT] = State.AUTHENTICATING  # an old move redirected
+    table[State.AUTHENTICATING] = {
+        Event.AUTHENTICATED: State.CHECKING_POLICY,
+        Event.DENIED: State.ANSWERING,
+        Event.CLIENT_GONE: State.CLOSED,
+        Event.INTERNAL_ERROR: State.CLOSING,
+    }
+    return table
+""",
     ],
     "07-retry-504": [
         """\
