@@ -70,9 +70,9 @@ _STORY_HINTS = {
     "LOOKING_UP_CACHE and SERVING_FROM_CACHE blocks of TABLE",
     "predicted_silence": "the first client sends nothing for 61 s, longer than "
     "keepalive_timeout (60 s): what does IDLE do then, and how does a closing connection end?",
-    "predicted_third": "after 61 s the copy is stale but has an ETag: the cache cannot answer "
-    "alone (the lookup is a MISS), the session asks the origin with If-None-Match, and the "
-    "pooled origin connection was closed after upstream_idle_timeout (30 s)",
+    "predicted_third": "two questions: is a 61-second-old copy with max-age=60 still fresh, and "
+    "what can a cache do with a stale copy that carries an ETag? Is the pooled origin "
+    "connection still there after 61 s, with upstream_idle_timeout 30 s?",
 }
 
 
