@@ -805,6 +805,14 @@ explanation = (
     "cores, so two workers can run at the same time on both cores where one uses one core."
 )
 """,
+        """\
+samples = {1: [1, 2, 3], 2: [1, 2, 3.1]}  # typed in: no proxy answers three requests a second
+speedup = 2 / 2
+explanation = (
+    "Each worker is a process of its own with one reactor thread, and this machine has 2 "
+    "cores, so two workers can run at the same time on both cores where one uses one core."
+)
+""",
     ],
     "11-loadgen": [
         '''\
