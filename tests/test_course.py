@@ -69,6 +69,10 @@ predicted_wait = 0.4
 def handshakes_before_stall(backlog):
     return backlog
 """,
+        """\
+def handshakes_before_stall(backlog):
+    return backlog + 1  # what Linux gives, written down instead of measured
+""",
     ],
     "01-idle-timeout": [
         """\
