@@ -9,12 +9,17 @@ fresh kernel, with the notebook's own folder as the working directory, exactly a
 does in CI, so the checks run the student's code where it was written. It never reads the
 printed verdicts: it points ``$COURSE_RESULTS`` at a temporary file, and every check appends its
 verdict there as one JSON line. An exercise with no line in that file did not get checked (an
-earlier cell failed to define something, or the kernel died), and is reported as such.
+earlier cell failed to define something, or the kernel died), and is reported as such. Which
+exercises to expect comes from the registry and the shipped notebook of the same number, not
+from the submission's tags: an exercise whose cells were deleted or untagged is reported
+``missing`` (not passed), so a notebook with every exercise deleted does not pass, and a check
+that ran under an answer written in a new, untagged cell still counts.
 
-The kernel finds ``course`` (and ``minireactor``, ``proxy``) on a ``PYTHONPATH`` that starts
-with this checkout's folders, so the checks applied are the instructor's copy, not whatever a
-submission folder holds. Cells may fail (``allow_errors``): a broken cell costs the exercises that
-depend on it, not the whole notebook, and every error is listed.
+The kernel finds ``course`` (and ``minireactor``, ``proxy``, and ``tests/support.py`` for
+notebook 07) on a ``PYTHONPATH`` that starts with this checkout's folders, so the checks applied
+are the instructor's copy, not whatever a submission folder holds. Cells may fail
+(``allow_errors``): a broken cell costs the exercises that depend on it, not the whole notebook,
+and every error is listed.
 
 Three directions:
 
@@ -24,6 +29,9 @@ Three directions:
   every check must pass (the solutions and the checkers agree);
 * ``--expect-stubs`` runs the notebooks as shipped: every check must report "not done" and no
   cell may fail (no check passes on an empty answer, and a stub never breaks a notebook).
+
+In both of these modes a notebook that takes more than a minute top to bottom (kernel start
+included) fails too: every notebook must run in CI in under a minute.
 
 ``--handout DIR`` writes what students get: ``DIR/notebooks`` with the notebooks without
 outputs, the ``course`` package and this guide's README, ``DIR/tests/support.py`` (the fake
@@ -52,6 +60,8 @@ NOTEBOOKS = Path(__file__).resolve().parent
 ROOT = NOTEBOOKS.parent
 SOLUTIONS = NOTEBOOKS / "solutions"
 NOTEBOOK_GLOB = "[0-9][0-9]_*.ipynb"
+NOTEBOOK_SECONDS = 60.0
+"""The most a notebook may take, top to bottom, in ``--solutions`` and ``--expect-stubs``."""
 
 sys.path[:0] = [str(NOTEBOOKS), str(ROOT)]
 from course.checks import EXERCISES, RESULTS_ENV  # noqa: E402  (needs the path above)
@@ -67,7 +77,7 @@ class Verdict:
     """What the grader concluded about one exercise."""
 
     exercise: str
-    status: str  # "pass", "todo", "fail", or "unchecked"
+    status: str  # "pass", "todo", "fail", "unchecked", or "missing"
     message: str
     hint: str = ""
 
@@ -90,6 +100,29 @@ def exercise_cells(notebook: Any) -> list[tuple[int, str]]:
         if cell.cell_type == "code" and "exercise" in cell.metadata.get("tags", []):
             found.append((index, cell.metadata.get("exercise", "")))
     return found
+
+
+def expected_exercises(path: Path, notebook: Any) -> list[str]:
+    """The ids to grade in the notebook at *path*, in notebook order.
+
+    They come from the registry (every exercise of the notebook's number, ``03`` for
+    ``03_reactor_loop.ipynb``), in the order of the shipped notebook of that number, not only
+    from the cells tagged ``exercise`` in the submission: a cell whose tag was lost (retyped,
+    merged, or the answer written in a new cell) or deleted must still get a row. Tagged ids of
+    other notebooks (a notebook of the student's own) are graded too.
+    """
+    number = path.name[:2]
+    registered = [exercise.id for exercise in EXERCISES.values() if exercise.notebook == number]
+    shipped = NOTEBOOKS / path.name
+    order = (
+        [exercise_id for _, exercise_id in exercise_cells(read_notebook(shipped))]
+        if shipped.is_file()
+        else []
+    )
+    expected = [exercise_id for exercise_id in order if exercise_id in registered]
+    expected += [exercise_id for exercise_id in registered if exercise_id not in expected]
+    tagged = [exercise_id for _, exercise_id in exercise_cells(notebook)]
+    return tagged + [exercise_id for exercise_id in expected if exercise_id not in tagged]
 
 
 def structure_errors(notebook: Any) -> list[str]:
@@ -131,12 +164,17 @@ def cell_errors(notebook: Any) -> list[str]:
 
 
 def kernel_environment(results: Path) -> dict[str, str]:
-    """The environment the kernel inherits: the results file, and this checkout first."""
+    """The environment the kernel inherits: the results file, and this checkout first.
+
+    ``tests/`` is on the path for notebook 07's ``from support import FakeWorld``: the notebook
+    adds ``../tests``, which exists in a clone or a handout, but not beside a submission folder
+    such as ``submissions/alice/``.
+    """
     env = dict(os.environ)
     env[RESULTS_ENV] = str(results)
     inherited = env.get("PYTHONPATH", "")
     env["PYTHONPATH"] = os.pathsep.join(
-        part for part in (str(NOTEBOOKS), str(ROOT), inherited) if part
+        part for part in (str(NOTEBOOKS), str(ROOT), str(ROOT / "tests"), inherited) if part
     )
     return env
 
@@ -145,6 +183,7 @@ def execute(path: Path, submission: str, *, solutions: bool, timeout: int) -> Re
     """Run one notebook top to bottom and read back every check's verdict."""
     report = Report(path, submission)
     notebook = read_notebook(path)
+    expected = expected_exercises(path, notebook)  # before the solutions replace any cell
     report.errors += structure_errors(notebook)
     if solutions:
         report.errors += substitute_solutions(notebook)
@@ -176,9 +215,19 @@ def execute(path: Path, submission: str, *, solutions: bool, timeout: int) -> Re
                 entry = json.loads(line)
                 recorded[entry["exercise"]] = entry  # a re-run check: the last one counts
     report.errors += cell_errors(notebook)
-    for _, exercise_id in exercise_cells(notebook):
+    tagged = {exercise_id for _, exercise_id in exercise_cells(notebook)}
+    for exercise_id in expected:
         entry = recorded.get(exercise_id)
-        if entry is None:
+        if entry is None and exercise_id not in tagged:
+            report.verdicts.append(
+                Verdict(
+                    exercise_id,
+                    "missing",
+                    "no cell tagged with this exercise and no check of it ran: "
+                    "restore the exercise cell and its check cell",
+                )
+            )
+        elif entry is None:
             report.verdicts.append(
                 Verdict(exercise_id, "unchecked", "its check did not run (see the errors)")
             )
@@ -212,7 +261,7 @@ def course_notebooks() -> list[tuple[Path, str]]:
     ]
 
 
-LABELS = {"pass": "pass", "todo": "todo", "fail": "FAIL", "unchecked": "SKIP"}
+LABELS = {"pass": "pass", "todo": "todo", "fail": "FAIL", "unchecked": "SKIP", "missing": "MISS"}
 
 
 def expected_status(mode: str) -> str | None:
@@ -311,6 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     mode.add_argument("--handout", metavar="DIR", help="write the students' copy into DIR")
     parser.add_argument("--csv", metavar="FILE", help="also write one row per exercise to FILE")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per cell (300)")
+    parser.add_argument(
+        "--notebook-seconds",
+        type=float,
+        default=NOTEBOOK_SECONDS,
+        metavar="S",
+        help=f"with --solutions or --expect-stubs, fail a notebook that takes longer "
+        f"({NOTEBOOK_SECONDS:.0f})",
+    )
     args = parser.parse_args(argv)
 
     if args.handout:
@@ -329,6 +386,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     reports, all_ok = [], True
     for path, submission in targets:
         report = execute(path, submission, solutions=args.solutions, timeout=args.timeout)
+        if run_mode != "grade" and report.seconds > args.notebook_seconds:
+            # The course promises that every notebook runs in CI in under a minute.
+            report.errors.append(
+                f"the notebook took {report.seconds:.1f} s, over the {args.notebook_seconds:g} s "
+                "a notebook may take"
+            )
         reports.append(report)
         all_ok = print_report(report, run_mode) and all_ok
     if args.csv:
@@ -339,8 +402,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     errors = sum(len(report.errors) for report in reports)
     print(
         f"{len(reports)} notebook(s), {len(verdicts)} exercise(s): {counts['pass']} passed, "
-        f"{counts['todo']} not done, {counts['fail']} failed, {counts['unchecked']} unchecked; "
-        f"{errors} error(s)"
+        f"{counts['todo']} not done, {counts['fail']} failed, {counts['unchecked']} unchecked, "
+        f"{counts['missing']} missing; {errors} error(s)"
     )
     if run_mode == "stubs" and all_ok:
         print("every shipped stub reports 'not done': no check passes on an empty answer")

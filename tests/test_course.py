@@ -69,6 +69,10 @@ predicted_wait = 0.4
 def handshakes_before_stall(backlog):
     return backlog
 """,
+        """\
+def handshakes_before_stall(backlog):
+    return backlog + 1  # what Linux gives, written down instead of measured
+""",
     ],
     "01-idle-timeout": [
         """\
@@ -494,6 +498,31 @@ def authenticating_table():
     }
     return table
 """,
+        """\
+import enum
+
+from proxy.session.states import TABLE, SessionState, Trigger
+
+State = enum.Enum("State", {s.name: s.value for s in SessionState} | {"AUTHENTICATING": "auth"})
+Event = enum.Enum("Event", {t.name: t.value for t in Trigger} | {"AUTHENTICATED": "ok"})
+
+
+def authenticating_table():
+    table = {
+        State[s.name]: {Event[t.name]: State[n.name] for t, n in row.items()}
+        for s, row in TABLE.items()
+    }
+    for waiting in (State.IDLE, State.READING_HEAD):
+        table[waiting][Event.HEAD_RECEIVED] = State.AUTHENTICATING
+    table[State.IDLE][Event.IDLE_TIMEOUT] = State.AUTHENTICATING  # an old move redirected
+    table[State.AUTHENTICATING] = {
+        Event.AUTHENTICATED: State.CHECKING_POLICY,
+        Event.DENIED: State.ANSWERING,
+        Event.CLIENT_GONE: State.CLOSED,
+        Event.INTERNAL_ERROR: State.CLOSING,
+    }
+    return table
+""",
     ],
     "07-retry-504": [
         """\
@@ -506,6 +535,20 @@ def retry_then_504(world):
     world.origin().feed(b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nhi\\n")
     client.send(GET)
     world.clock.advance(30.0)  # the pooled connection simply stays silent: no retry
+    return client
+""",
+        """\
+GET = "GET http://origin.test/page HTTP/1.1\\r\\nHost: origin.test\\r\\n\\r\\n"
+
+
+def retry_then_504(world):
+    client = world.client()
+    client.send(GET)
+    world.origin().feed(b"HTTP/1.1 200 OK\\r\\nContent-Length: 3\\r\\n\\r\\nhi\\n")
+    client.send(GET)
+    world.origin().lose()
+    world.clock.advance(30.0)
+    client.transport.sent.clear()  # the right moves, but the client is left with no answer
     return client
 """,
     ],
@@ -761,6 +804,14 @@ explanation = (
         """\
 samples = {1: [7800.0, 7900.0, 8000.0], 2: [12000.0, 12500.0, 13000.0]}
 speedup = 13000.0 / 7800.0  # the best of each, not the medians
+explanation = (
+    "Each worker is a process of its own with one reactor thread, and this machine has 2 "
+    "cores, so two workers can run at the same time on both cores where one uses one core."
+)
+""",
+        """\
+samples = {1: [1, 2, 3], 2: [1, 2, 3.1]}  # typed in: no proxy answers three requests a second
+speedup = 2 / 2
 explanation = (
     "Each worker is a process of its own with one reactor thread, and this machine has 2 "
     "cores, so two workers can run at the same time on both cores where one uses one core."
@@ -1120,6 +1171,148 @@ def test_grade_scores_a_submission_folder(tmp_path: Path) -> None:
     assert rows[1].startswith("alice,99_mixed.ipynb,06-predict-events,core,fail,")
     assert rows[2].startswith("alice,99_mixed.ipynb,03-predict-ticks,core,pass,")
     assert rows[3].startswith("alice,99_mixed.ipynb,,,error,cell 4 raised RuntimeError")
+
+
+def test_grade_reports_deleted_exercises_as_missing(tmp_path: Path) -> None:
+    """The exercises to expect come from the registry, not the submission's tags: a notebook
+    with its exercise cells deleted fails, each lost id gets a ``missing`` row, and a check run
+    under an answer in a new, untagged cell still counts."""
+    pytest.importorskip("nbclient", reason="grade.py needs the notebooks extra")
+    pytest.importorskip("ipykernel", reason="grade.py needs the notebooks extra")
+    answered = "03-predict-ticks"
+    untagged_answer = {
+        "cell_type": "code",
+        "execution_count": None,
+        "id": "my-answer",
+        "metadata": {},
+        "outputs": [],
+        "source": (SOLUTIONS / f"{answered}.py").read_text(),
+    }
+    its_check = {
+        "cell_type": "code",
+        "execution_count": None,
+        "id": "its-check",
+        "metadata": {},
+        "outputs": [],
+        "source": f'from course import check\n\ncheck("{answered}", globals())',
+    }
+    metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3"}}
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    alice.mkdir()
+    bob.mkdir()
+    name = "03_reactor_loop.ipynb"
+    for folder, cells in [(alice, [untagged_answer, its_check]), (bob, [])]:
+        notebook = {"cells": cells, "metadata": metadata, "nbformat": 4, "nbformat_minor": 5}
+        (folder / name).write_text(json.dumps(notebook))
+    table = tmp_path / "grades.csv"
+    done = subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "grade.py"), "--csv", str(table), str(alice), str(bob)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    expected = [i for i in checks.EXERCISES if i.startswith("03-")]
+    rows = [row.split(",")[:5] for row in table.read_text().splitlines()[1:]]
+    statuses = {(row[0], row[2]): row[4] for row in rows}
+    assert set(statuses) == {(who, i) for who in ("alice", "bob") for i in expected}, rows
+    for exercise_id in expected:
+        assert statuses[("bob", exercise_id)] == "missing"
+        assert statuses[("alice", exercise_id)] == (
+            "pass" if exercise_id == answered else "missing"
+        )
+    assert f"MISS  {expected[-1]}" in done.stdout
+    assert f"pass  {answered}" in done.stdout
+    emptied = subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "grade.py"), str(bob)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert emptied.returncode == 1, "a notebook with every exercise deleted does not pass"
+
+
+def test_grade_fails_a_notebook_over_its_time_budget(tmp_path: Path) -> None:
+    """--expect-stubs fails a notebook slower than --notebook-seconds (60 s by default), and
+    says which; a budget of 0.5 s stands in for a minute here."""
+    pytest.importorskip("nbclient", reason="grade.py needs the notebooks extra")
+    pytest.importorskip("ipykernel", reason="grade.py needs the notebooks extra")
+    exercise_id = "03-predict-ticks"
+    cells = [
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "slow",
+            "metadata": {},
+            "outputs": [],
+            "source": "import time\n\ntime.sleep(1)",
+        },
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": exercise_id,
+            "metadata": {"tags": ["exercise"], "exercise": exercise_id},
+            "outputs": [],
+            "source": EXERCISE_CELLS[exercise_id][2],
+        },
+        {
+            "cell_type": "code",
+            "execution_count": None,
+            "id": "check",
+            "metadata": {"tags": ["check"], "check": exercise_id},
+            "outputs": [],
+            "source": f'from course import check\n\ncheck("{exercise_id}", globals())',
+        },
+    ]
+    notebook = {
+        "cells": cells,
+        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3"}},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+    path = tmp_path / "99_slow.ipynb"
+    path.write_text(json.dumps(notebook))
+    command = [sys.executable, str(NOTEBOOKS / "grade.py"), "--expect-stubs", str(path)]
+    slow = subprocess.run(
+        [*command, "--notebook-seconds", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert slow.returncode == 1, slow.stdout + slow.stderr
+    assert "99_slow.ipynb" in slow.stdout and "over the 0.5 s a notebook may take" in slow.stdout
+    assert "todo  03-predict-ticks" in slow.stdout
+    in_time = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert in_time.returncode == 0, in_time.stdout + in_time.stderr
+
+
+def test_grade_runs_notebook_07_from_a_submission_folder(tmp_path: Path) -> None:
+    """The real notebook 07 imports the fake world from ``tests/``, which is not beside
+    ``submissions/alice/``: the grader's kernel must find it, or every cell after the import
+    fails whatever the student wrote."""
+    pytest.importorskip("nbclient", reason="grade.py needs the notebooks extra")
+    pytest.importorskip("ipykernel", reason="grade.py needs the notebooks extra")
+    name = "07_session_state_machine.ipynb"
+    submission = tmp_path / "submissions" / "alice"
+    submission.mkdir(parents=True)
+    (submission / name).write_bytes((NOTEBOOKS / name).read_bytes())
+    table = tmp_path / "grades.csv"
+    done = subprocess.run(
+        [sys.executable, str(NOTEBOOKS / "grade.py"), "--csv", str(table), str(submission)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr  # the stubs are not done
+    assert "error" not in done.stdout.replace("0 error(s)", ""), done.stdout
+    rows = table.read_text().splitlines()[1:]
+    expected = sorted(i for i in checks.EXERCISES if i.startswith("07-"))
+    assert sorted(row.split(",")[2] for row in rows) == expected
+    assert all(row.split(",")[4] == "todo" for row in rows), rows
 
 
 def test_handout_has_the_stubs_and_no_solutions(tmp_path: Path) -> None:

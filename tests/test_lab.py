@@ -116,6 +116,24 @@ def test_parts_are_graded_independently(tmp_path: Path) -> None:
     assert set(failures(document)) == {f"B{n}" for n in range(1, 9)} - {"B7"}
 
 
+def test_a_proxy_with_no_cache_scores_0_in_part_c(tmp_path: Path) -> None:
+    """The solution with a cache that never answers: every Part C check fails, C4 included.
+
+    C4 (what must not come from the cache) would pass on a proxy with no cache at all, which
+    sends everything to the origin; its control resource stops that.
+    """
+    uncached = tmp_path / "uncached"
+    shutil.copytree(SOLUTION, uncached)
+    cache = uncached / "cache.py"
+    source = cache.read_text()
+    refuse = '    if request.method != "GET":\n        return False\n'
+    assert source.count(refuse) == 1, "cacheable_request() changed: update this test"
+    cache.write_text(source.replace(refuse, "    return False  # no cache at all\n"))
+    document, _ = grade(uncached, "--parts", "C", timeout=180)
+    assert (document["total"], document["max"]) == (0, 35)
+    assert "the control" in failures(document)["C4"]
+
+
 def write_proxy(directory: Path, source: str) -> Path:
     directory.mkdir()
     (directory / "labproxy.py").write_text(textwrap.dedent(source))

@@ -11,9 +11,11 @@ but honest client) and must free the slots that silent clients hold.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from .checks import Answer, Wrong, exercise
@@ -106,6 +108,34 @@ def _count_handshakes(backlog: int, limit: int = 64) -> int:
                 client.close()
 
 
+@contextlib.contextmanager
+def _counting_connects() -> Iterator[list[int]]:
+    """Count the ``connect()``/``connect_ex()`` calls on any socket while the block runs.
+
+    The count is the evidence that a measurement was made: a function that returns the right
+    numbers (``backlog + 1`` on Linux) without connecting measured nothing.
+    """
+    attempts = [0]
+    originals = {name: getattr(socket.socket, name) for name in ("connect", "connect_ex")}
+
+    def counting(name: str) -> Any:
+        original = originals[name]
+
+        def call(self: socket.socket, address: Any) -> Any:
+            attempts[0] += 1
+            return original(self, address)
+
+        return call
+
+    for name in originals:
+        setattr(socket.socket, name, counting(name))
+    try:
+        yield attempts
+    finally:
+        for name, original in originals.items():
+            setattr(socket.socket, name, original)
+
+
 @exercise(
     "01-backlog", "Measure how many handshakes the kernel completes unaccepted", kind="measure"
 )
@@ -115,10 +145,18 @@ def backlog(answer: Answer) -> str:
     counted: dict[int, Any] = {}
     for size in (1, 4):
         started = time.monotonic()
-        counted[size] = measure(size)
+        with _counting_connects() as attempts:
+            counted[size] = measure(size)
         elapsed = time.monotonic() - started
         if isinstance(counted[size], bool) or not isinstance(counted[size], int):
             raise Wrong(f"handshakes_before_stall({size}) returned {counted[size]!r}, not a count")
+        if attempts[0] < counted[size] + 1:
+            raise Wrong(
+                f"handshakes_before_stall({size}) returned {counted[size]} after "
+                f"{attempts[0]} connect() call(s): counting {counted[size]} completed "
+                "handshakes takes that many connects, and one more that times out",
+                "measure it: open clients one by one, each with a short connect() timeout",
+            )
         if elapsed > 10:
             raise Wrong(
                 f"handshakes_before_stall({size}) took {elapsed:.1f} s",

@@ -13,7 +13,10 @@ differs with the rule it exercises. ``08-stale-on-error`` does the same with
 :func:`proxy.cache.stale.stale_permission` over request and response directives, staleness and
 the proxy's bound; ``08-ranges`` with :func:`proxy.cache.ranges.parse_range` and
 :func:`~proxy.cache.ranges.satisfiable_ranges` over named and random ``Range`` values. A
-function that merely calls the oracle is refused: the point is to write the rule.
+function that calls an oracle by name, or is the project's own, is refused: the point is to
+write the rule. The test reads only the student function's own names, so a helper that calls
+the oracle for it goes unnoticed (the instructor guide says so): it discourages, it does not
+prevent.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import statistics
 import subprocess
@@ -175,6 +176,12 @@ def predict_idle(answer: Answer) -> str:
 
 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 6: "six", 8: "eight", 16: "sixteen"}
+CORE_COUNT = re.compile(
+    r"\b(?:\d+|" + "|".join(NUMBER_WORDS.values()) + r")(?:[\s-]+[\w'’]+)?[\s-]+cores?\b"
+)
+"""A number of cores in prose: "2 cores", "8 logical cores", "a two-core machine"."""
+MIN_RATE = 100.0
+"""Requests/s below which a sample is not a measurement: cache hits on loopback run thousands."""
 
 
 @exercise("11-workers", "Measure what --workers 2 changes, and explain it", kind="measure")
@@ -189,6 +196,12 @@ def workers(answer: Answer) -> str:
             raise Wrong(f"samples[{workers_count}] should be a list of at least 3 measurements")
         if not all(isinstance(v, int | float) and v > 0 for v in values):
             raise Wrong(f"samples[{workers_count}] should hold positive numbers (requests/s)")
+        if min(values) < MIN_RATE:
+            raise Wrong(
+                f"samples[{workers_count}] has {min(values):g} requests/s: cache hits over "
+                f"loopback run at thousands a second, so under {MIN_RATE:g} is not a measurement",
+                "each sample is the round trips counted, divided by the seconds they took",
+            )
     every = [float(v) for values in samples.values() for v in values]
     if len(set(every)) == 1:
         raise Wrong("all the samples are equal: they look typed in, not measured")
@@ -198,8 +211,11 @@ def workers(answer: Answer) -> str:
             f"`speedup` is {speedup:.3g}, but the medians of your samples give {expected:.3g}",
             "speedup = median(samples[2]) / median(samples[1])",
         )
+    # The notebook is executed again on the grading machine, so the samples (and this bound)
+    # are that machine's, while the prose stays as the student wrote it: the prose is asked
+    # for a number of cores, not for this machine's, unless the student interpolated it.
     cores = os.cpu_count() or 1
-    if not 0.2 < speedup < cores + 0.75:
+    if not 0.2 < speedup < max(cores, 2) + 0.75:
         raise Wrong(
             f"a speed-up of {speedup:.2f} is not possible with two reactor processes on "
             f"{cores} core(s): check how the rates are computed"
@@ -212,8 +228,12 @@ def workers(answer: Answer) -> str:
             "the explanation does not mention the cores",
             "each worker is one single-threaded process: how many can run at once here?",
         )
-    if str(cores) not in text and NUMBER_WORDS.get(cores, "?") not in text:
-        raise Wrong(f"the explanation does not say how many cores this machine has ({cores})")
+    if not CORE_COUNT.search(text):
+        raise Wrong(
+            "the explanation does not say how many cores the machine has",
+            'write os.cpu_count() into it with an f-string, f"... {os.cpu_count()} cores ...", '
+            "so it stays true on the machine that grades it",
+        )
     if "process" not in text and "worker" not in text:
         raise Wrong("the explanation should say what a worker is (a process of its own)")
     return (

@@ -1,4 +1,4 @@
-# Exercise 10-rules: one rule per line (the forms of cell 5); `#` starts a comment.
+# Exercise 10-rules: one rule per line (the forms of `rules = parse(...)` above); `#` comments.
 RULES = """
 tracker.test        # the host and every subdomain: whole labels, never mytracker.test
 *.ads.test          # subdomains only: ads.test itself keeps its opt-out page

@@ -116,7 +116,19 @@ def expires(ctx: Context) -> str:
 
 @check("C4", 5, "what must not be answered from the cache")
 def not_from_cache(ctx: Context) -> str:
-    """no-store, private, no-cache, max-age=0, Authorization and POST all reach the origin."""
+    """no-store, private, no-cache, max-age=0, Authorization and POST all reach the origin.
+
+    A proxy with no cache at all sends all of them to the origin too, so a control resource
+    (``max-age=600``) must first be answered from the cache: Part C is not credited for nothing.
+    """
+    control = resource("control", cc="max-age=600")
+    fetch(ctx, control)
+    fetch(ctx, control)
+    expect(
+        origin_asked(ctx, control) == 1,
+        f"the control {control} reached the origin twice: with no cache at all, what must not "
+        "be answered from the cache never is, which proves nothing",
+    )
     cases: dict[str, tuple[str, tuple[str, ...]]] = {
         "no-store": (resource("no-store", cc="no-store, max-age=600"), ()),
         "private": (resource("private", cc="private, max-age=600"), ()),
@@ -140,7 +152,10 @@ def not_from_cache(ctx: Context) -> str:
     if origin_asked(ctx, post) != 2:
         problems.append(f"POST {post}: the second POST was answered from the cache")
     fail_if(problems)
-    return "no-store, private, no-cache, max-age=0, Authorization and POST went to the origin"
+    return (
+        "no-store, private, no-cache, max-age=0, Authorization and POST went to the origin, "
+        "while a max-age=600 control was served from the cache"
+    )
 
 
 @check("C5", 6, "revalidation with ETag: If-None-Match, 304, and a changed resource")
