@@ -1129,3 +1129,46 @@ def test_a_copy_kept_only_to_stand_in_stays_off_the_disk() -> None:
         b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 5\r\n\r\nfresh"
     )
     assert list(world.disk.entries) == ["http://origin.test/fresh"]
+
+
+def test_an_observer_given_to_the_context_does_not_silence_the_live_counters() -> None:
+    import dataclasses
+
+    world = FakeWorld()
+    seen: list[object] = []
+    world.context = dataclasses.replace(
+        world.context, observers=(lambda old, trigger, new: seen.append(trigger),)
+    )
+    client = world.client()
+    client.send(GET)
+    assert seen and seen[0] is T.HEAD_RECEIVED
+    assert world.context.observers[0] == world.stats.moved
+    assert world.stats.states[client.state] == 1, "the live counters still saw the moves"
+
+
+def test_stale_served_counts_only_copies_a_client_got() -> None:
+    """A 5xx to a background revalidation keeps the stale copy but serves nobody: not counted;
+    a 5xx to a client's own revalidation serves the copy in its place: counted."""
+    world = FakeWorld()
+    first = world.client()
+    first.send(GET)
+    world.clock.run()
+    world.origin().feed(
+        b"HTTP/1.1 200 OK\r\nCache-Control: max-age=1, stale-while-revalidate=60, "
+        b'stale-if-error=600\r\nETag: "v1"\r\nContent-Length: 5\r\n\r\nhello'
+    )
+    world.clock.advance(5)
+    background = world.client()
+    background.send(GET)  # served stale at once; one background revalidation goes out
+    assert background.transport.take().endswith(b"hello")
+    world.clock.run()
+    world.origin().feed(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+    cache = world.cache
+    assert cache is not None and cache.stale_served == 1  # the one stale-while-revalidate copy
+    world.clock.advance(120)  # past stale-while-revalidate, within stale-if-error
+    own = world.client()
+    own.send(GET)
+    world.clock.run()
+    world.origin().feed(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+    assert own.transport.take().endswith(b"hello") and "STALE_ON_ERROR" in own.triggers()
+    assert cache.stale_served == 2

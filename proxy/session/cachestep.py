@@ -348,6 +348,11 @@ class CacheStep:
             self.stale_served += 1
         return answer
 
+    def stood_in(self) -> None:
+        """A client was served the stale copy of a :class:`StandIn` (a background
+        revalidation that meets a 5xx keeps the copy but serves nobody, so is not counted)."""
+        self.stale_served += 1
+
     # -- FORWARDING: the response head decides what the cache does -------------------------------
 
     def on_response_head(
@@ -392,8 +397,7 @@ class CacheStep:
             # Before begin_store: a 5xx must never replace the good copy (RFC 5861 section 4).
             stood_in = cache.serve_stale_on_error(entry, request.headers, response.status)
             if stood_in is not None:
-                self.stale_served += 1
-                return StandIn(stood_in)
+                return StandIn(stood_in)  # counted by stood_in(), if a client gets it
         # We asked "still the same?" and it was not.
         result = "TCP_REFRESH_MODIFIED" if plan.conditional is not None else None
         if request.method != "GET":

@@ -137,11 +137,12 @@ class SessionContext:
     cache: CacheStep | None = None
     route: Route = Route()
     observers: tuple[Observer, ...] = ()
-    """Told every move of every session (built once: the live counters' ``moved``)."""
+    """Told every move of every session, after the live counters' ``moved``, which is always
+    first (an observer given here, a trace or a test, must not silence the counters)."""
 
     def __post_init__(self) -> None:
-        if not self.observers:
-            object.__setattr__(self, "observers", (self.stats.moved,))
+        if self.stats.moved not in self.observers:
+            object.__setattr__(self, "observers", (self.stats.moved, *self.observers))
 
 
 @dataclass(slots=True)
@@ -637,6 +638,7 @@ class ClientSession(StreamProtocol):
                 assert exchange is not None
                 exchange.abandon()
                 answer = outcome.answer
+                cache.stood_in()
                 result = "TCP_REFRESH_FAIL_OLD"
                 self._serve_stored(answer.entry, answer.status, answer.cache_status, result)
                 return None

@@ -24,6 +24,7 @@ import logging
 from typing import Protocol
 
 from minireactor import Deadline, TransportLike
+from minireactor import Protocol as StreamProtocol
 
 from ..cache.store import StoredResponse
 from ..config import Config
@@ -179,6 +180,7 @@ class BackgroundRevalidation:
         """The origin accepted."""
         self.dialer = None
         if self.done:
+            attach(StreamProtocol()).abort()  # ended meanwhile: close the socket, do not leak it
             return
         ctx = self.ctx
         upstream = Upstream(ctx.route.hop_for(self.target), ctx.limits, ctx.pool)
