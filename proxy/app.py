@@ -21,7 +21,6 @@ second signal during the grace period aborts at once, as a user pressing Ctrl-C 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -59,6 +58,11 @@ from .tunnel import IdleSweep
 from .upstream import UpstreamPool
 
 log = logging.getLogger("proxy")
+
+
+def _networks(allow: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``--allow``'s networks, parsed (the flag's converter has checked each already)."""
+    return tuple(ipaddress.ip_network(net, strict=False) for net in allow)
 
 
 class ListenError(OSError):
@@ -105,8 +109,7 @@ class ProxyServer:
         self.own_names.add(socket.gethostname().lower())  # the machine's name, no DNS asked
         self.blocklist: Blocklist = EMPTY
         self.stats = Stats()
-        self._allowed_for: tuple[str, ...] = ()
-        self._allowed: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+        self._allowed = _networks(config.allow)  # parsed once per configuration
         self.pool = UpstreamPool(
             reactor, config.upstream_idle_timeout, config.max_idle_upstreams_per_host
         )
@@ -349,13 +352,8 @@ class ProxyServer:
             self.server.pause()
 
     def _client_allowed(self, ip: str) -> bool:
-        allow = self.config.allow
-        if not allow:
+        if not self._allowed:
             return True
-        if allow is not self._allowed_for:
-            # Parsed once per configuration, not per connection: a reload brings a new tuple.
-            self._allowed_for = allow
-            self._allowed = tuple(ipaddress.ip_network(net, strict=False) for net in allow)
         address = ipaddress.ip_address(ip.split("%", 1)[0])
         return any(address in network for network in self._allowed)
 
@@ -398,6 +396,7 @@ class ProxyServer:
         if result.error:
             return
         old, self.config = self.config, result.config
+        self._allowed = _networks(result.config.allow)
         logging.getLogger().setLevel("DEBUG" if result.config.trace else result.config.log_level)
         if old.trace != result.config.trace:
             self._set_trace(result.config.trace)
@@ -579,9 +578,14 @@ class ProxyServer:
             steps.append(self.resolver.close)
         if self._own_reactor:
             steps.append(self.reactor.close)
-        with contextlib.ExitStack() as release:
-            for step in reversed(steps):  # an ExitStack unwinds last-in first
-                release.callback(step)
+        first_error: BaseException | None = None
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:  # re-raised below, once the other steps have run
+                first_error = first_error or exc
+        if first_error is not None:
+            raise first_error
 
     def _stop_watcher(self) -> None:
         if self.watcher is not None:
