@@ -391,6 +391,17 @@ class HttpCache:
         """Freshness lifetime of *entry* in seconds (RFC 9111 section 4.2.1)."""
         return self._judge(entry)[0]
 
+    def only_stands_in(self, entry: StoredResponse) -> bool:
+        """Whether *entry* can never be reused nor revalidated: no freshness lifetime and no
+        validator (``ETag``, ``Last-Modified``). Such a copy is kept only to stand in when the
+        origin fails (section 4.2.4), and is stored again by every request for it."""
+        headers = entry.headers
+        return (
+            self.freshness_lifetime(entry) <= 0
+            and "ETag" not in headers
+            and "Last-Modified" not in headers
+        )
+
     def response_headers_for(self, entry: StoredResponse, hit_detail: str = "") -> Headers:
         """Header fields for serving *entry*: a copy with ``Age`` set (RFC 9111 section 5.1).
 

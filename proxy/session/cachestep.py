@@ -206,8 +206,7 @@ class CacheStep:
         self.scheduler = scheduler
         self.clock = clock
         self.collapse_wait = config.collapse_wait
-        self.via_pseudonym = config.via_pseudonym
-        # The cache's name in Cache-Status (RFC 9211): the Via name, so that two chained
+        # The cache's name in Cache-Status (RFC 9211) and in Via: one name, so that two chained
         # instances (with different --via-name) can be told apart in one field.
         self.name = name = config.via_pseudonym
         self.cache = HttpCache(
@@ -443,7 +442,7 @@ class CacheStep:
         else:
             headers = self.cache.response_headers_for(entry)
         headers = strip_hop_by_hop(headers)
-        add_via(headers, "HTTP/1.1", self.via_pseudonym)
+        add_via(headers, "HTTP/1.1", self.name)
         headers.add("Cache-Status", cache_status)
         if connection:
             headers.add("Connection", connection)
@@ -455,16 +454,9 @@ class CacheStep:
         return head
 
     def _keep_on_disk(self, entry: StoredResponse) -> None:
-        if self.disk is None:
-            return
-        headers = entry.headers
-        if (
-            self.cache.freshness_lifetime(entry) <= 0
-            and "ETag" not in headers
-            and "Last-Modified" not in headers
-        ):
-            # Kept only to stand in on an origin error, and stored again on every request
-            # for it: one fsync per page view would buy the disk nothing a restart needs.
+        # A copy that only stands in on an origin error is stored again by every request for
+        # it: one fsync per page view would buy the disk nothing a restart needs.
+        if self.disk is None or self.cache.only_stands_in(entry):
             return
         self.disk.put(entry)  # queued for the disk's thread; shed if too much is queued
 
@@ -473,7 +465,7 @@ class CacheStep:
     ) -> bytes:
         """The head of a ``206`` cut from a stored response (built each time: rare)."""
         headers = strip_hop_by_hop(answer.head_fields(self.cache.response_headers_for(entry)))
-        add_via(headers, "HTTP/1.1", self.via_pseudonym)
+        add_via(headers, "HTTP/1.1", self.name)
         headers.add("Cache-Status", cache_status)
         if connection:
             headers.add("Connection", connection)
