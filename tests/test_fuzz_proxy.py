@@ -534,6 +534,7 @@ def run_case(proxy, case: Case) -> list[str]:
     """Send the case's bytes, read until the proxy closes; the problems seen, if any."""
     sock = socket.create_connection((proxy.host, proxy.port), timeout=WAIT)
     received, how = bytearray(), ""
+    reset_by_proxy = False
     try:
         sock.setblocking(False)
         step = max(1, len(case.wire) // case.pieces)
@@ -562,13 +563,19 @@ def run_case(proxy, case: Case) -> list[str]:
                     last_sent = time.monotonic()
                 except BlockingIOError:
                     pass
-                except OSError:  # the proxy closed or reset first: now only read
+                except ConnectionResetError:
+                    # The proxy's RST arrived between select() and send(): send() consumed the
+                    # socket's one report of it, so recv() would now say a plain "eof".
+                    pieces, reset_by_proxy = [], True
+                except OSError:  # the proxy closed first: now only read
                     pieces = []
             if not how and time.monotonic() - last_sent > HANG_AFTER:
                 got = bytes(received[:200])
                 return [f"hang: no close {HANG_AFTER:g} s after our last byte; got {got!r}"]
     finally:
         sock.close()
+    if how == "eof" and reset_by_proxy:
+        how = "reset"
     return _check_answers(case, bytes(received), how)
 
 
